@@ -1,0 +1,17 @@
+"""pytest plugin of coreml-parity: options and fixtures shared by every test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Conversions take ~0.1-1 s each: hypothesis examples are few and have no deadline.
+settings.register_profile("default", max_examples=8, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("thorough", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' conversion progress bars would flood the logs

@@ -1,0 +1,123 @@
+"""Input/output descriptions shared by every backend, and the one place where feeds are checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from coremltools.proto import FeatureTypes_pb2
+
+_ARRAY = FeatureTypes_pb2.ArrayFeatureType
+ARRAY_DTYPES = {
+    _ARRAY.FLOAT16: np.dtype(np.float16),
+    _ARRAY.FLOAT32: np.dtype(np.float32),
+    _ARRAY.DOUBLE: np.dtype(np.float64),
+    _ARRAY.INT32: np.dtype(np.int32),
+    _ARRAY.INT8: np.dtype(np.int8),
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the model's interface declares it.
+
+    ``shape`` is the default shape. ``shape_range`` holds per-dimension ``(lower, upper)`` bounds for a
+    RangeDim input (``upper`` is ``None`` when unbounded); ``enumerated_shapes`` the allowed shapes of an
+    EnumeratedShapes input. Both are ``None`` for a fixed shape.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    shape_range: tuple[tuple[int, int | None], ...] | None = None
+    enumerated_shapes: tuple[tuple[int, ...], ...] | None = None
+
+    def accepts_shape(self, shape: tuple[int, ...]) -> bool:
+        if self.enumerated_shapes is not None:
+            return tuple(shape) in self.enumerated_shapes
+        if self.shape_range is not None:
+            return len(shape) == len(self.shape_range) and all(
+                lo <= d and (hi is None or d <= hi) for d, (lo, hi) in zip(shape, self.shape_range)
+            )
+        return tuple(shape) == tuple(self.shape)
+
+    def shape_text(self) -> str:
+        if self.enumerated_shapes is not None:
+            return "one of " + ", ".join(str(list(s)) for s in self.enumerated_shapes)
+        if self.shape_range is not None:
+            dims = [str(lo) if lo == hi else f"{lo}..{'inf' if hi is None else hi}" for lo, hi in self.shape_range]
+            return "[" + ", ".join(dims) + "]"
+        return str(list(self.shape))
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype.name} {self.shape_text()}"
+
+
+def specs_from_description(features) -> list[TensorSpec]:
+    specs = []
+    for feature in features:
+        kind = feature.type.WhichOneof("Type")
+        if kind != "multiArrayType":
+            raise NotImplementedError(
+                f"feature {feature.name!r} is of type {kind!r}; only multi-array inputs and outputs are supported"
+            )
+        arr = feature.type.multiArrayType
+        dtype = ARRAY_DTYPES.get(arr.dataType)
+        if dtype is None:
+            raise NotImplementedError(f"feature {feature.name!r} has unsupported array data type {arr.dataType}")
+        shape = tuple(int(d) for d in arr.shape)
+        shape_range = enumerated = None
+        which = arr.WhichOneof("ShapeFlexibility")
+        if which == "shapeRange":
+            shape_range = tuple(
+                (int(r.lowerBound), None if r.upperBound < 0 else int(r.upperBound)) for r in arr.shapeRange.sizeRanges
+            )
+            if not shape:
+                shape = tuple(lo for lo, _ in shape_range)
+        elif which == "enumeratedShapes":
+            enumerated = tuple(tuple(int(d) for d in s.shape) for s in arr.enumeratedShapes.shapes)
+            if not shape:
+                shape = enumerated[0]
+        specs.append(TensorSpec(feature.name, shape, dtype, shape_range, enumerated))
+    return specs
+
+
+def check_feeds(specs: list[TensorSpec], feeds: dict, model: str) -> dict[str, np.ndarray]:
+    """Validate ``feeds`` against the declared inputs; return them as arrays of the declared dtypes.
+
+    Float inputs accept any float array (cast to the declared precision); integer inputs accept integer
+    arrays whose values fit. Anything else is a ``ValueError`` naming the input, expected vs got.
+    """
+    if not isinstance(feeds, dict):
+        raise TypeError(f"{model}: predict() takes a dict of input name -> array, got {type(feeds).__name__}")
+    by_name = {s.name: s for s in specs}
+    unknown = sorted(set(feeds) - set(by_name))
+    if unknown:
+        raise ValueError(f"{model}: unknown input(s) {unknown}; the model's inputs are {sorted(by_name)}")
+    missing = [name for name in by_name if name not in feeds]
+    if missing:
+        raise ValueError(
+            f"{model}: missing input(s) {missing}; expected " + "; ".join(str(by_name[n]) for n in missing)
+        )
+    checked = {}
+    for name, spec in by_name.items():
+        value = feeds[name]
+        arr = np.asarray(value)
+        if arr.dtype == object or arr.dtype.kind not in "fiub":
+            raise ValueError(f"{model}: input {name!r} expected {spec.dtype.name}, got an array of {arr.dtype}")
+        if spec.dtype.kind == "f":
+            if arr.dtype.kind not in "fiu":
+                raise ValueError(f"{model}: input {name!r} expected {spec.dtype.name}, got {arr.dtype.name}")
+        elif spec.dtype.kind in "iu":
+            if arr.dtype.kind not in "iu":
+                raise ValueError(f"{model}: input {name!r} expected {spec.dtype.name} (integer), got {arr.dtype.name}")
+            info = np.iinfo(spec.dtype)
+            if arr.size and (arr.min() < info.min or arr.max() > info.max):
+                raise ValueError(f"{model}: input {name!r} has values outside the range of {spec.dtype.name}")
+        if not spec.accepts_shape(arr.shape):
+            raise ValueError(
+                f"{model}: input {name!r} expected shape {spec.shape_text()}, got {list(arr.shape)}"
+            )
+        checked[name] = np.ascontiguousarray(arr.astype(spec.dtype, copy=False))
+    return checked

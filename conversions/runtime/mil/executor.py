@@ -1,0 +1,266 @@
+"""The portable runtime's executor: a MIL function compiled once into a flat list of steps.
+
+At load time every constant is turned into a runtime value, ``constexpr_*`` ops (weight decompression) are
+evaluated, kernels are resolved, and the last use of every variable is found so that intermediates are freed
+as soon as they are dead. A prediction is then one loop over the steps.
+
+Precision. ``precision="fp16"`` (the default) honours the program's types: a value typed fp16 is rounded to
+fp16 after the op that produces it (each op computes in fp32), which is how Core ML's typed execution stores
+activations. ``precision="fp32"`` skips every rounding, so the same program runs with fp32 storage; the gap
+between the two isolates fp16 loss from conversion errors. Accumulation inside an op is always fp32: the
+reduced-precision accumulation of the GPU/ANE is not emulated.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .ops import REGISTRY
+from .ops._util import TORCH_DTYPES
+from .program import NUMPY_DTYPE_BY_NAME, Function, Operation, TensorType
+
+PRECISIONS = ("fp16", "fp32")
+UNSUPPORTED_CONTROL_FLOW = {"cond", "while_loop"}
+
+
+def to_runtime(value: Any, type_: TensorType | None) -> Any:
+    """A constant read from the program as the kernels receive it (see the kernel contract in ``ops``)."""
+    if value is None or isinstance(value, str):
+        return value
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        return arr.tolist()
+    if arr.ndim == 0:
+        return arr.item()
+    if arr.dtype.kind == "f":
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if arr.dtype == np.uint16:
+        arr = arr.astype(np.int32)
+    elif arr.dtype in (np.uint32, np.uint64):
+        arr = arr.astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def to_numpy(value: Any, type_: TensorType | None, precision: str) -> np.ndarray:
+    """A runtime value as a host array of its declared dtype (fp16 outputs stay fp32 in fp32 precision)."""
+    if isinstance(value, torch.Tensor):
+        arr = value.detach().numpy()
+    else:
+        arr = np.asarray(value)
+    if isinstance(type_, TensorType) and type_.dtype in NUMPY_DTYPE_BY_NAME:
+        dtype = NUMPY_DTYPE_BY_NAME[type_.dtype]
+        if type_.dtype == "fp16" and precision == "fp32":
+            dtype = np.float32
+        if dtype is not object:
+            arr = arr.astype(dtype, copy=False)
+    return arr
+
+
+@dataclass
+class OutputRule:
+    """What the executor does to one output after its kernel: dtype, fp16 rounding, shape check."""
+
+    dtype: torch.dtype | None
+    round_fp16: bool
+    shape: tuple[int, ...] | None
+
+
+@dataclass
+class Step:
+    op: Operation
+    fn: Any
+    const_kwargs: dict[str, Any]
+    var_kwargs: list[tuple[str, int]]
+    list_kwargs: list[tuple[str, list[tuple[bool, Any]]]]  # (is_slot, slot-or-value)
+    out_slots: list[int]
+    out_rules: list[OutputRule]
+    free_after: list[int] = field(default_factory=list)
+
+
+class RuntimeOpError(RuntimeError):
+    """An op failed while the portable runtime executed it."""
+
+
+class Executor:
+    def __init__(self, function: Function, precision: str = "fp16", check_shapes: bool = True):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.function = function
+        self.precision = precision
+        self.check_shapes = check_shapes
+        self.types: dict[str, Any] = {v.name: v.type for v in function.inputs}
+        self.constants: dict[str, Any] = {}
+        self.folded: "OrderedDict[str, Operation]" = OrderedDict()  # constexpr ops evaluated at load time
+        self.slot_of: dict[str, int] = {}
+        self.steps: list[Step] = []
+        for v in function.inputs:
+            self._slot(v.name)
+        for op in function.operations:
+            for out in op.outputs:
+                self.types[out.name] = out.type
+            self._compile(op)
+        missing = [name for name in function.outputs if name not in self.slot_of and name not in self.constants]
+        if missing:
+            raise RuntimeOpError(f"function {function.name!r} returns {missing}, which no op produces")
+        self._plan_frees()
+
+    # ---- load time -------------------------------------------------------------------------------------
+    def _slot(self, name: str) -> int:
+        if name not in self.slot_of:
+            self.slot_of[name] = len(self.slot_of)
+        return self.slot_of[name]
+
+    def _rule(self, type_) -> OutputRule:
+        if not isinstance(type_, TensorType):
+            return OutputRule(None, False, None)
+        dtype = TORCH_DTYPES.get(type_.dtype)
+        round_fp16 = type_.dtype == "fp16" and self.precision == "fp16"
+        shape = type_.shape if (type_.shape is not None and None not in type_.shape) else None
+        return OutputRule(dtype, round_fp16, shape)
+
+    def _kernel(self, op: Operation):
+        if op.has_blocks or op.op_type in UNSUPPORTED_CONTROL_FLOW:
+            raise NotImplementedError(
+                f"MIL op type {op.op_type!r} (op {op.name!r}, opset {self.function.opset}) is control flow, "
+                "which the portable runtime does not execute yet"
+            )
+        kernel = REGISTRY.get(op.op_type)
+        if kernel is None:
+            raise NotImplementedError(
+                f"MIL op type {op.op_type!r} (op {op.name!r}, opset {self.function.opset}) is not supported by "
+                "the portable runtime; see conversions.runtime.mil.supported_ops()"
+            )
+        return kernel
+
+    def _compile(self, op: Operation) -> None:
+        if op.op_type == "const":
+            (binding,) = op.inputs["val"]
+            # Stored values are already exactly representable in their declared type: no rounding needed.
+            self.constants[op.outputs[0].name] = to_runtime(binding.value, op.outputs[0].type)
+            return
+        kernel = self._kernel(op)
+        const_kwargs: dict[str, Any] = {}
+        var_kwargs: list[tuple[str, int]] = []
+        list_kwargs: list[tuple[str, list[tuple[bool, Any]]]] = []
+        all_const = True
+        for param, bindings in op.inputs.items():
+            items = []
+            for b in bindings:
+                if b.var is None:
+                    items.append((False, to_runtime(b.value, None)))
+                elif b.var in self.constants:
+                    items.append((False, self.constants[b.var]))
+                elif b.var in self.slot_of:
+                    items.append((True, self.slot_of[b.var]))
+                    all_const = False
+                else:
+                    raise RuntimeOpError(f"op {op.name!r} ({op.op_type}) reads {b.var!r}, which is not defined before it")
+            if param in kernel.variadic or len(items) > 1:
+                if all(not is_slot for is_slot, _ in items):
+                    const_kwargs[param] = [v for _, v in items]
+                else:
+                    list_kwargs.append((param, items))
+            elif items[0][0]:
+                var_kwargs.append((param, items[0][1]))
+            else:
+                const_kwargs[param] = items[0][1]
+        rules = [self._rule(o.type) for o in op.outputs]
+        if all_const and op.op_type.startswith("constexpr_"):
+            result = self._call(kernel.fn, op, const_kwargs)
+            results = result if isinstance(result, (tuple, list)) else (result,)
+            for i, (out, value) in enumerate(zip(op.outputs, results)):
+                self.constants[out.name] = self._finish(value, rules[i], op, i)
+            self.folded[op.name] = op
+            return
+        out_slots = [self._slot(o.name) for o in op.outputs]
+        self.steps.append(Step(op, kernel.fn, const_kwargs, var_kwargs, list_kwargs, out_slots, rules))
+
+    def _plan_frees(self) -> None:
+        last_use: dict[int, int] = {}
+        for i, step in enumerate(self.steps):
+            for _, slot in step.var_kwargs:
+                last_use[slot] = i
+            for _, items in step.list_kwargs:
+                for is_slot, v in items:
+                    if is_slot:
+                        last_use[v] = i
+            for slot in step.out_slots:
+                last_use.setdefault(slot, i)
+        keep = {self.slot_of[name] for name in self.function.outputs if name in self.slot_of}
+        for slot, i in last_use.items():
+            if slot not in keep:
+                self.steps[i].free_after.append(slot)
+
+    # ---- run time --------------------------------------------------------------------------------------
+    @staticmethod
+    def _call(fn, op: Operation, kwargs: dict[str, Any]):
+        try:
+            return fn(**kwargs)
+        except NotImplementedError as exc:
+            raise NotImplementedError(f"op {op.name!r} ({op.op_type}): {exc}") from exc
+        except Exception as exc:
+            raise RuntimeOpError(f"op {op.name!r} ({op.op_type}) failed: {type(exc).__name__}: {exc}") from exc
+
+    def _finish(self, value: Any, rule: OutputRule, op: Operation, index: int) -> Any:
+        if not isinstance(value, torch.Tensor):
+            if rule.dtype is None or isinstance(value, (str, list, tuple)) or value is None:
+                return value
+            value = torch.as_tensor(value)
+        if rule.dtype is not None and value.dtype != rule.dtype:
+            value = value.to(rule.dtype)
+        if rule.round_fp16:
+            value = value.to(torch.float16).to(torch.float32)
+        if self.check_shapes and rule.shape is not None and tuple(value.shape) != rule.shape:
+            raise RuntimeOpError(
+                f"op {op.name!r} ({op.op_type}) output {op.outputs[index].name!r}: kernel produced shape "
+                f"{list(value.shape)}, the program declares {list(rule.shape)}"
+            )
+        return value
+
+    def run(self, feeds: dict[str, torch.Tensor], trace: bool = False):
+        """Execute the function. Returns ``(outputs, records)``; ``records`` is None unless ``trace``."""
+        values: list[Any] = [None] * len(self.slot_of)
+        for v in self.function.inputs:
+            values[self.slot_of[v.name]] = self._finish(feeds[v.name], self._rule(v.type), _INPUT_OP, 0)
+        records = [] if trace else None
+        call, finish = self._call, self._finish
+        for step in self.steps:
+            kwargs = dict(step.const_kwargs)
+            for param, slot in step.var_kwargs:
+                kwargs[param] = values[slot]
+            for param, items in step.list_kwargs:
+                kwargs[param] = [values[v] if is_slot else v for is_slot, v in items]
+            result = call(step.fn, step.op, kwargs)
+            if len(step.out_slots) == 1:
+                values[step.out_slots[0]] = finish(result, step.out_rules[0], step.op, 0)
+            else:
+                if not isinstance(result, (tuple, list)) or len(result) != len(step.out_slots):
+                    raise RuntimeOpError(
+                        f"op {step.op.name!r} ({step.op.op_type}): kernel returned "
+                        f"{len(result) if isinstance(result, (tuple, list)) else 1} outputs, "
+                        f"the program declares {len(step.out_slots)}"
+                    )
+                for i, (slot, value) in enumerate(zip(step.out_slots, result)):
+                    values[slot] = finish(value, step.out_rules[i], step.op, i)
+            if records is not None:
+                records.append((step.op, [values[s] for s in step.out_slots]))
+            for slot in step.free_after:
+                values[slot] = None
+        outputs = {}
+        for name in self.function.outputs:
+            outputs[name] = self.constants[name] if name in self.constants else values[self.slot_of[name]]
+        return outputs, records
+
+
+class _InputOp:
+    name = "<function input>"
+    op_type = "input"
+    outputs = [type("V", (), {"name": "<input>"})()]
+
+
+_INPUT_OP = _InputOp()

@@ -1,0 +1,105 @@
+"""Helpers for tests that convert small torch modules and run them on the portable runtime.
+
+Used by the op-family tests under ``tests/runtime/`` and by any test that needs "convert this module, run it
+here, compare with torch".
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+FP32_TOLERANCE = dict(atol=1e-5, rtol=1e-4)  # fp32 program: only op-ordering/accumulation differences
+FP16_TOLERANCE = dict(atol=2e-2, rtol=2e-2)  # fp16 storage of activations and weights: ~3 significant digits
+
+
+def convert_module(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, names: Sequence[str] | None = None,
+                   precision: str = "fp32", target: str = "iOS17", input_dtypes: Sequence | None = None):
+    """Trace ``module`` on ``example_inputs`` and convert it to an in-memory ML Program.
+
+    ``precision`` picks coremltools' compute precision (``fp16`` or ``fp32``); ``target`` the minimum
+    deployment target (``iOS17`` or ``iOS18``).
+    """
+    import coremltools as ct
+
+    module = module.eval()
+    names = list(names or [f"x{i}" for i in range(len(example_inputs))])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, tuple(example_inputs))
+        inputs = []
+        for i, (name, x) in enumerate(zip(names, example_inputs)):
+            dtype = None
+            if input_dtypes is not None and input_dtypes[i] is not None:
+                dtype = input_dtypes[i]
+            elif not x.is_floating_point():
+                dtype = np.int32
+            else:
+                dtype = np.float32
+            inputs.append(ct.TensorType(name=name, shape=tuple(x.shape), dtype=dtype))
+        return ct.convert(
+            traced,
+            inputs=inputs,
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, target),
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            compute_units=ct.ComputeUnit.CPU_ONLY,
+        )
+
+
+def torch_outputs(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = module.eval()(*example_inputs)
+    if isinstance(out, torch.Tensor):
+        out = (out,)
+    flat: list[np.ndarray] = []
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            flat.append(o.detach().numpy())
+        else:
+            for item in o:
+                walk(item)
+
+    walk(out)
+    return flat
+
+
+def run_on_runtime(mlmodel, example_inputs: Sequence[torch.Tensor], names: Sequence[str] | None = None,
+                   precision: str = "fp16") -> list[np.ndarray]:
+    from conversions.runtime import load_model
+
+    model = load_model(mlmodel, backend="mil", precision=precision)
+    names = list(names or [f"x{i}" for i in range(len(example_inputs))])
+    result = model.predict({n: x.numpy() for n, x in zip(names, example_inputs)})
+    return [result[spec.name] for spec in model.outputs]
+
+
+def assert_matches_torch(module: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
+                         target: str = "iOS17", atol: float | None = None, rtol: float | None = None,
+                         names: Sequence[str] | None = None, input_dtypes: Sequence | None = None) -> None:
+    """Convert ``module``, run it on the portable runtime and compare every output with torch.
+
+    ``precision="fp32"`` converts with fp32 compute precision and runs the runtime in fp32: a tight check of
+    the kernels' semantics. ``precision="fp16"`` checks the default fp16 program with fp16 storage emulated.
+    """
+    tol = dict(FP32_TOLERANCE if precision == "fp32" else FP16_TOLERANCE)
+    if atol is not None:
+        tol["atol"] = atol
+    if rtol is not None:
+        tol["rtol"] = rtol
+    mlmodel = convert_module(module, example_inputs, names=names, precision=precision, target=target,
+                             input_dtypes=input_dtypes)
+    expected = torch_outputs(module, example_inputs)
+    got = run_on_runtime(mlmodel, example_inputs, names=names, precision=precision)
+    assert len(got) == len(expected), f"{len(got)} outputs from the runtime, {len(expected)} from torch"
+    for i, (e, g) in enumerate(zip(expected, got)):
+        assert g.shape == e.shape, f"output {i}: shape {g.shape} vs torch {e.shape}"
+        if e.dtype.kind == "f":
+            g64, e64 = g.astype(np.float64), e.astype(np.float64)
+            np.testing.assert_allclose(g64, e64, err_msg=f"output {i} ({precision} program)", **tol)
+        else:
+            np.testing.assert_array_equal(g.astype(np.int64), e.astype(np.int64), err_msg=f"output {i}")
