@@ -80,6 +80,7 @@ class Binding:
 
     var: str | None = None
     value: Any = None
+    type: TensorType | OtherType | None = None  # declared type of an inline constant
 
 
 @dataclass
@@ -228,12 +229,14 @@ def _parse_operation(op: MIL_pb2.Operation, reader: ValueReader, fname: str) -> 
             if b.WhichOneof("binding") == "name":
                 bindings.append(Binding(var=b.name))
             else:
-                bindings.append(Binding(value=reader.read(b.value, f"input {key!r} of op {name!r} ({op.type})")))
+                bindings.append(Binding(value=reader.read(b.value, f"input {key!r} of op {name!r} ({op.type})"),
+                                        type=parse_type(b.value.type)))
         inputs[key] = bindings
     # iOS16-style constexpr ops and `const` keep their operands as attributes: treat them as constant inputs.
     for key, value in op.attributes.items():
         if key == "name" or key in inputs:
             continue
-        inputs[key] = [Binding(value=reader.read(value, f"attribute {key!r} of op {name!r} ({op.type})"))]
+        inputs[key] = [Binding(value=reader.read(value, f"attribute {key!r} of op {name!r} ({op.type})"),
+                               type=parse_type(value.type))]
     outputs = [Var(o.name, parse_type(o.type)) for o in op.outputs]
     return Operation(op.type, name, inputs, outputs, has_blocks=len(op.blocks) > 0)
