@@ -54,5 +54,4 @@ class CoreMLModel:
             raise NotImplementedError("Core ML does not expose intermediates; trace with backend='mil'")
         feeds = check_feeds(self.inputs, inputs, self.source)
         raw = self.mlmodel.predict(feeds)
-        return {spec.name: np.asarray(raw[spec.name]).astype(spec.dtype, copy=False).reshape(raw[spec.name].shape)
-                for spec in self.outputs}
+        return {spec.name: np.asarray(raw[spec.name]).astype(spec.dtype, copy=False) for spec in self.outputs}
