@@ -1,0 +1,1 @@
+"""Voice activity detection models: clean, convertible re-implementations and their references."""
