@@ -87,15 +87,16 @@ def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, s
     for dim in range(rank):
         n = x.shape[dim]
         if squeeze_mask[dim]:
-            index = 0 if begin_mask[dim] else begin[dim] + n if begin[dim] < 0 else begin[dim]
-            out = out.narrow(dim, index, 1)
+            index = 0 if begin_mask[dim] else begin[dim]
+            out = out.narrow(dim, index + n if index < 0 else index, 1)
             continue
         start, stop, step = slice(None if begin_mask[dim] else begin[dim], None if end_mask[dim] else end[dim],
                                   stride[dim]).indices(n)
         if step > 0:
             out = out[(slice(None),) * dim + (slice(start, stop, step),)]
         else:
-            out = out.index_select(dim, torch.arange(start, stop, step, dtype=torch.long))
+            count = len(range(start, stop, step))
+            out = out.index_select(dim, start + step * torch.arange(count, dtype=torch.long))
     for dim in reversed(range(rank)):
         if squeeze_mask[dim]:
             out = out.squeeze(dim)
@@ -138,8 +139,8 @@ def pixel_unshuffle(x, downscale_factor):
 
 @register("depth_to_space")
 def depth_to_space(x, block_size):
-    """TensorFlow's depth_to_space in NCHW ("DCR" order, unlike pixel_shuffle):
-    ``out[n, c, h*b+i, w*b+j] = x[n, (i*b + j)*C_out + c, h, w]``."""
+    """TensorFlow's depth_to_space in NCHW ("DCR" order, unlike pixel_shuffle), as in the example of Core ML's
+    ReorganizeData DEPTH_TO_SPACE: ``out[n, c, h*b+i, w*b+j] = x[n, (i*b + j)*C_out + c, h, w]``."""
     b = int(scalar(block_size))
     n, c, h, w = x.shape
     blocks = x.reshape(n, b, b, c // (b * b), h, w)  # [n, i, j, c, h, w]
