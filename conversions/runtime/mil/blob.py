@@ -107,9 +107,15 @@ class WeightFile:
             raise ModelPackageError(f"weight file {self.path!r}: blob at offset {offset} has unknown dtype code {code}")
         dtype, nbits = BLOB_DTYPES[code]
         raw = self._read(data_offset, nbytes, f"blob data of {nbytes} bytes (metadata at offset {offset})")
+        where = f"weight file {self.path!r} is corrupt: blob at offset {offset}"
         if nbits >= 8:
+            if nbytes % (nbits // 8):
+                raise ModelPackageError(f"{where} has {nbytes} data bytes, not a whole number of {nbits}-bit values")
             return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=True)
-        count = (nbytes * 8 - padding_bits) // nbits
-        if expected_count is not None:
-            count = expected_count
+        if padding_bits > 7 or padding_bits > nbytes * 8:
+            raise ModelPackageError(f"{where} declares {padding_bits} padding bits in {nbytes} bytes (at most 7)")
+        stored = (nbytes * 8 - padding_bits) // nbits
+        count = stored if expected_count is None else expected_count
+        if count > nbytes * 8 // nbits:
+            raise ModelPackageError(f"{where} holds {stored} {nbits}-bit values in {nbytes} bytes, but its type needs {count}")
         return unpack_subbyte(np.frombuffer(raw, dtype=np.uint8), nbits, count, signed=(code == 8))

@@ -82,6 +82,15 @@ class Step:
     free_after: list[int] = field(default_factory=list)
 
 
+def round_to_fp16(value: torch.Tensor) -> torch.Tensor:
+    """fp32 values rounded to the nearest fp16 (ties to even; overflow to inf), kept in fp32.
+
+    numpy's float16 cast (F16C instructions) is about 3x faster than torch's ``.half().float()`` on CPU, and
+    this runs after every fp16-typed op.
+    """
+    return torch.from_numpy(value.numpy().astype(np.float16).astype(np.float32))
+
+
 class RuntimeOpError(RuntimeError):
     """An op failed while the portable runtime executed it."""
 
@@ -174,7 +183,12 @@ class Executor:
             result = self._call(kernel.fn, op, const_kwargs)
             results = result if isinstance(result, (tuple, list)) else (result,)
             for i, (out, value) in enumerate(zip(op.outputs, results)):
-                self.constants[out.name] = self._finish(value, rules[i], op, i)
+                # Decompressed weights are stored data: fp16-typed ones stay fp16 in every precision mode,
+                # like the `const` weights of an uncompressed fp16 program.
+                rule = rules[i]
+                if isinstance(out.type, TensorType) and out.type.dtype == "fp16":
+                    rule = OutputRule(rule.dtype, True, rule.shape)
+                self.constants[out.name] = self._finish(value, rule, op, i)
             self.folded[op.name] = op
             return
         out_slots = [self._slot(o.name) for o in op.outputs]
@@ -214,7 +228,7 @@ class Executor:
         if rule.dtype is not None and value.dtype != rule.dtype:
             value = value.to(rule.dtype)
         if rule.round_fp16:
-            value = value.to(torch.float16).to(torch.float32)
+            value = round_to_fp16(value)
         if self.check_shapes and rule.shape is not None and tuple(value.shape) != rule.shape:
             raise RuntimeOpError(
                 f"op {op.name!r} ({op.op_type}) output {op.outputs[index].name!r}: kernel produced shape "
@@ -224,6 +238,11 @@ class Executor:
 
     def run(self, feeds: dict[str, torch.Tensor], trace: bool = False):
         """Execute the function. Returns ``(outputs, records)``; ``records`` is None unless ``trace``."""
+        # fp16 overflow to inf is part of what is emulated: no warnings for it.
+        with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
+            return self._run(feeds, trace)
+
+    def _run(self, feeds: dict[str, torch.Tensor], trace: bool):
         values: list[Any] = [None] * len(self.slot_of)
         for v in self.function.inputs:
             values[self.slot_of[v.name]] = self._finish(feeds[v.name], self._rule(v.type), _INPUT_OP, 0)
