@@ -34,16 +34,17 @@ _FLOAT_UNARY = {
 }
 
 
-def _float_unary(fn):
+def _float_unary(op_type, fn):
     def kernel(x):
         return fn(floating(x))
 
+    kernel.__name__ = op_type
     kernel.__doc__ = f"``{fn.__name__}`` of ``x``, computed in fp32."
     return kernel
 
 
 for _op_type, _fn in _FLOAT_UNARY.items():
-    register(_op_type)(_float_unary(_fn))
+    register(_op_type)(_float_unary(_op_type, _fn))
 
 
 @register("round")
@@ -185,14 +186,15 @@ _COMPARISONS = {
 }
 
 
-def _comparison(fn):
+def _comparison(op_type, fn):
     def kernel(x, y):
         x, y = _pair(x, y)
         return fn(x, y)
 
+    kernel.__name__ = op_type
     kernel.__doc__ = f"``{fn.__name__}(x, y)`` with broadcasting; a bool tensor."
     return kernel
 
 
 for _op_type, _fn in _COMPARISONS.items():
-    register(_op_type)(_comparison(_fn))
+    register(_op_type)(_comparison(_op_type, _fn))
