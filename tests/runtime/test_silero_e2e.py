@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("silero_vad")
-
 import coremltools as ct
 
 from conversions.runtime import load_model
