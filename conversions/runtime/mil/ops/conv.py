@@ -1,11 +1,13 @@
 """Convolution ops: ``conv``, ``conv_transpose`` (MIL ``conv``).
 
 https://apple.github.io/coremltools/source/coremltools.converters.mil.mil.ops.defs.html#module-coremltools.converters.mil.mil.ops.defs.iOS15.conv
+
+iOS17 lets ``weight``/``bias`` have another float dtype than ``x`` and ``conv_transpose``'s weight be a
+variable; both kernels take any of these (computing in fp32).
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from . import register
@@ -13,6 +15,8 @@ from ._util import floating, ints, scalar
 
 
 def _same_pads(in_sizes, kernel, strides, dilations, lower: bool):
+    """Core ML's SamePadding: output ``ceil(in/stride)``; an odd total puts the extra element at the end
+    (``BOTTOM_RIGHT_HEAVY``) or, for ``same_lower``, at the beginning (``TOP_LEFT_HEAVY``)."""
     pads = []
     for size, k, s, d in zip(in_sizes, kernel, strides, dilations):
         out = -(-size // s)
@@ -34,21 +38,75 @@ def resolve_pads(pad_type: str, pad, in_sizes, kernel, strides, dilations) -> li
     raise NotImplementedError(f"pad_type {pad_type!r}")
 
 
+def torch_pad_order(pads: list[int]) -> list[int]:
+    """MIL's [begin_0, end_0, begin_1, end_1, ...] as ``F.pad`` wants it: last dimension first."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for i in reversed(range(n)):
+        out += [pads[2 * i], pads[2 * i + 1]]
+    return out
+
+
 @register("conv")
 def conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilations=None, groups=1):
+    """1-D/2-D/3-D convolution; ``weight`` is ``[C_out, C_in/groups, *K]`` and may be a variable.
+
+    ``same`` pads like TensorFlow (output ``ceil(in/stride)``, an odd total puts the extra element at the
+    end); ``same_lower`` puts it at the beginning; ``pad`` is read only with ``pad_type="custom"``.
+    """
     x, weight = floating(x), floating(weight)
     n = x.dim() - 2
     strides = ints(strides) if strides is not None else [1] * n
     dilations = ints(dilations) if dilations is not None else [1] * n
-    pads = resolve_pads(pad_type, pad, x.shape[2:], weight.shape[2:], strides, dilations)
+    pads = resolve_pads(str(pad_type), pad, x.shape[2:], weight.shape[2:], strides, dilations)
     symmetric = all(pads[2 * i] == pads[2 * i + 1] for i in range(n))
     if not symmetric:
-        torch_pad = []
-        for i in reversed(range(n)):
-            torch_pad += [pads[2 * i], pads[2 * i + 1]]
-        x = F.pad(x, torch_pad)
+        x = F.pad(x, torch_pad_order(pads))
         padding = [0] * n
     else:
         padding = [pads[2 * i] for i in range(n)]
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
     return fn(x, weight, None if bias is None else floating(bias), strides, padding, dilations, int(scalar(groups)))
+
+
+@register("conv_transpose")
+def conv_transpose(x, weight, bias=None, pad=None, output_shape=None, pad_type="valid", strides=None,
+                   dilations=None, groups=1):
+    """Transposed convolution; ``weight`` is ``[C_in, C_out/groups, *K]`` (torch's layout).
+
+    Computed as the full transposed convolution (spatial size ``(D_in-1)*stride + (K-1)*dilation + 1``),
+    then cropped: ``custom`` drops ``pad[2i]`` elements at the beginning and ``pad[2i+1]`` at the end,
+    ``valid`` keeps everything, ``same`` keeps ``D_in*stride`` elements centred like TensorFlow's
+    ``conv2d_transpose`` (the smaller half dropped at the beginning). ``output_shape`` (``[N, C_out, *D]`` or
+    just ``*D``), when given, fixes the output size instead; positions past the full output (what torch's
+    ``output_padding`` adds) hold only the bias.
+    """
+    x, weight = floating(x), floating(weight)
+    n = x.dim() - 2
+    strides = ints(strides) if strides is not None else [1] * n
+    dilations = ints(dilations) if dilations is not None else [1] * n
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
+    full = fn(x, weight, None, strides, 0, 0, int(scalar(groups)), dilations)
+    pad_type = str(pad_type)
+    if pad_type not in ("valid", "same", "custom"):
+        raise NotImplementedError(f"conv_transpose pad_type {pad_type!r}")
+    pads = ints(pad) if (pad is not None and pad_type == "custom") else [0] * (2 * n)
+    wanted = ints(output_shape)[-n:] if output_shape is not None else None
+    out = full
+    for i in range(n):
+        axis, size = 2 + i, full.shape[2 + i]
+        if wanted is not None:
+            length = wanted[i]
+        elif pad_type == "same":
+            length = x.shape[2 + i] * strides[i]
+        else:
+            length = size - pads[2 * i] - pads[2 * i + 1]
+        begin = max(size - length, 0) // 2 if pad_type == "same" else pads[2 * i]
+        kept = out.narrow(axis, begin, min(length, size - begin))
+        if kept.shape[axis] < length:  # zeros past the full output
+            extra = [0, 0] * (out.dim() - 1 - axis) + [0, length - kept.shape[axis]]
+            kept = F.pad(kept, extra)
+        out = kept
+    if bias is not None:
+        out = out + floating(bias).reshape([1, -1] + [1] * n)
+    return out
