@@ -20,8 +20,10 @@ import sys
 import time
 import warnings
 
-import numpy as np
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # before coremltools imports tqdm: no progress bars in the table
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +47,8 @@ class ConformerBlock(torch.nn.Module):
 
     def __init__(self, d_model: int = 1024, heads: int = 8, kernel: int = 9):
         super().__init__()
-        self.heads = heads
+        self.heads, self.head_dim = heads, d_model // heads
+        self.scale = self.head_dim ** -0.5
         self.ff1, self.ff2 = FeedForward(d_model), FeedForward(d_model)
         self.attn_norm = torch.nn.LayerNorm(d_model)
         self.qkv = torch.nn.Linear(d_model, 3 * d_model)
@@ -59,11 +62,10 @@ class ConformerBlock(torch.nn.Module):
 
     def forward(self, x):  # x: [B, T, D]
         x = x + 0.5 * self.ff1(x)
-        b, t, d = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).chunk(3, dim=-1)
-        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / (d // self.heads) ** 0.5
-        attn = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, t, d)
+        q, k, v = (z.reshape(1, -1, self.heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        attn = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(1, -1, self.heads * self.head_dim)
         x = x + self.out(attn)
         c = self.pointwise1(self.conv_norm(x).transpose(1, 2))
         c = torch.nn.functional.glu(c, dim=1)

@@ -16,11 +16,6 @@ from . import register
 from ._util import floating, ints, norm_axis, scalar
 
 
-def _per_channel(value, rank: int) -> torch.Tensor:
-    """A ``[C]`` parameter shaped to broadcast along axis 1 of a rank-``rank`` tensor."""
-    return floating(value).reshape([1, -1] + [1] * (rank - 2))
-
-
 def _affine(y: torch.Tensor, gamma, beta, shape) -> torch.Tensor:
     if gamma is not None:
         y = y * floating(gamma).reshape(shape)
@@ -32,23 +27,22 @@ def _affine(y: torch.Tensor, gamma, beta, shape) -> torch.Tensor:
 @register("batch_norm")
 def batch_norm(x, mean, variance, gamma=None, beta=None, epsilon=1e-5):
     """Inference batch norm over axis 1 of a rank 3-5 ``x``:
-    ``gamma * (x - mean) / sqrt(variance + epsilon) + beta``."""
+    ``gamma * (x - mean) / sqrt(variance + epsilon) + beta`` (torch's fused inference kernel)."""
     x = floating(x)
-    rank = x.dim()
-    y = (x - _per_channel(mean, rank)) / torch.sqrt(_per_channel(variance, rank) + float(scalar(epsilon)))
-    shape = [1, -1] + [1] * (rank - 2)
-    return _affine(y, gamma, beta, shape)
+
+    def channel(v):
+        return None if v is None else floating(v).reshape(-1)
+
+    return F.batch_norm(x, channel(mean), channel(variance), channel(gamma), channel(beta), training=False,
+                        eps=float(scalar(epsilon)))
 
 
 @register("instance_norm")
 def instance_norm(x, gamma=None, beta=None, epsilon=1e-5):
     """Normalizes each ``(n, c)`` slice over all the spatial axes (2 onwards), then the per-channel affine."""
     x = floating(x)
-    axes = list(range(2, x.dim()))
-    mean = x.mean(dim=axes, keepdim=True)
-    var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)
-    y = (x - mean) / torch.sqrt(var + float(scalar(epsilon)))
-    return _affine(y, gamma, beta, [1, -1] + [1] * (x.dim() - 2))
+    return F.instance_norm(x, weight=None if gamma is None else floating(gamma).reshape(-1),
+                           bias=None if beta is None else floating(beta).reshape(-1), eps=float(scalar(epsilon)))
 
 
 @register("layer_norm")
@@ -60,6 +54,10 @@ def layer_norm(x, axes=None, gamma=None, beta=None, epsilon=1e-5):
     dims = sorted({norm_axis(a, rank) for a in ints(axes)}) if axes is not None else list(range(rank))
     if not dims:
         return x.clone()
+    if dims == list(range(rank - len(dims), rank)):  # trailing axes, the usual case: torch's fused kernel
+        normalized = x.shape[rank - len(dims):]
+        return F.layer_norm(x, normalized, None if gamma is None else floating(gamma).reshape(normalized),
+                            None if beta is None else floating(beta).reshape(normalized), float(scalar(epsilon)))
     mean = x.mean(dim=dims, keepdim=True)
     var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
     y = (x - mean) / torch.sqrt(var + float(scalar(epsilon)))
