@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from conversions.runtime import load_model
 from conversions.runtime.mil import compare_traces
-from conversions.testing import assert_matches_torch, convert_module, torch_outputs
+from conversions.testing import assert_matches_torch, convert_module
 
 
 class LinearConvStack(torch.nn.Module):

@@ -117,5 +117,7 @@ class WeightFile:
         stored = (nbytes * 8 - padding_bits) // nbits
         count = stored if expected_count is None else expected_count
         if count > nbytes * 8 // nbits:
-            raise ModelPackageError(f"{where} holds {stored} {nbits}-bit values in {nbytes} bytes, but its type needs {count}")
+            raise ModelPackageError(
+                f"{where} holds {stored} {nbits}-bit values in {nbytes} bytes, but its type needs {count}"
+            )
         return unpack_subbyte(np.frombuffer(raw, dtype=np.uint8), nbits, count, signed=(code == 8))
