@@ -48,6 +48,8 @@ def load_model(model, backend: str = "auto", compute_units: str = "CPU_ONLY", pr
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if compute_units not in COMPUTE_UNITS:
+        raise ValueError(f"compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
     if backend == "auto":
         backend = "coreml" if coreml_available() else "mil"
     if backend == "coreml":

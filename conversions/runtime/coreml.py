@@ -15,7 +15,6 @@ import numpy as np
 from .errors import BackendUnavailableError
 from .io import check_feeds, specs_from_description
 
-COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_NE", "CPU_AND_GPU", "ALL")
 
 
 class CoreMLModel:
@@ -29,9 +28,7 @@ class CoreMLModel:
             )
         import coremltools as ct
 
-        if compute_units not in COMPUTE_UNITS:
-            raise ValueError(f"compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
-        units = getattr(ct.ComputeUnit, compute_units)
+        units = getattr(ct.ComputeUnit, compute_units)  # validated by load_model
         if isinstance(model, (str, os.PathLike)):
             self.source = os.fspath(model)
             self.mlmodel = ct.models.MLModel(self.source, compute_units=units)
