@@ -103,3 +103,50 @@ def assert_matches_torch(module: torch.nn.Module, example_inputs: Sequence[torch
             np.testing.assert_allclose(g64, e64, err_msg=f"output {i} ({precision} program)", **tol)
         else:
             np.testing.assert_array_equal(g.astype(np.int64), e.astype(np.int64), err_msg=f"output {i}")
+
+
+def op_types(mlmodel, *, include_const: bool = True) -> list[str]:
+    """The op types of a converted program's main function, in program order (``const`` ops optional)."""
+    from conversions.runtime import load_model
+
+    operations = load_model(mlmodel, backend="mil").function.operations
+    return [op.op_type for op in operations if include_const or op.op_type != "const"]
+
+
+def convert_program(prog, target="iOS17", precision: str = "fp32", inputs=None):
+    """Convert a MIL builder program (or traced module) to an ML Program; ``target`` is a name or a ``ct.target``."""
+    import coremltools as ct
+
+    return ct.convert(prog, inputs=inputs, convert_to="mlprogram",
+                      minimum_deployment_target=getattr(ct.target, target) if isinstance(target, str) else target,
+                      compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
+
+
+def predict_outputs(mlmodel, feeds: dict, precision: str = "fp32") -> list[np.ndarray]:
+    """Run ``mlmodel`` on the portable runtime and return its outputs in declared order."""
+    from conversions.runtime import load_model
+
+    model = load_model(mlmodel, backend="mil", precision=precision)
+    out = model.predict(feeds)
+    return [out[spec.name] for spec in model.outputs]
+
+
+def run_program(prog, feeds: dict, precision: str = "fp32", target="iOS17") -> tuple[list[str], list[np.ndarray]]:
+    """Convert a builder program, run it on the runtime; return (non-const op types, outputs in declared order)."""
+    from conversions.runtime import load_model
+
+    model = load_model(convert_program(prog, target, precision), backend="mil", precision=precision)
+    out = model.predict(feeds)
+    kinds = [op.op_type for op in model.function.operations if op.op_type != "const"]
+    return kinds, [out[spec.name] for spec in model.outputs]
+
+
+class TorchFunction(torch.nn.Module):
+    """A module whose forward calls ``fn`` on its inputs (to convert a lambda or plain function)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)

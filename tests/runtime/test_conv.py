@@ -11,37 +11,12 @@ from coremltools.converters.mil import Builder as mb
 from hypothesis import given, strategies as st
 from torch.nn.utils.parametrizations import weight_norm
 
-from conversions.runtime import load_model
-from conversions.testing import assert_matches_torch, convert_module
+from conversions.testing import TorchFunction, assert_matches_torch, convert_module, op_types, run_program
 
 PRECISIONS = ["fp32", "fp16"]
 # fp16 programs: weights and activations rounded to fp16 (relative 2**-11 each); a conv output sums
 # C_in/groups * K products, so with <= ~50 terms of size ~1 the absolute error stays well under 2e-2 * |y|
 # plus 2e-2: the default fp16 tolerance holds.
-
-
-def op_types(mlmodel) -> list[str]:
-    """The non-const op types of a converted program."""
-    return [op.op_type for op in load_model(mlmodel, backend="mil").function.operations if op.op_type != "const"]
-
-
-def run_program(prog, feeds: dict, precision: str = "fp32"):
-    """Convert a builder program, run it on the portable runtime; return (op types, outputs in order)."""
-    mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
-                         compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
-    model = load_model(mlmodel, backend="mil", precision=precision)
-    out = model.predict(feeds)
-    kinds = [op.op_type for op in model.function.operations if op.op_type != "const"]
-    return kinds, [out[o.name] for o in model.outputs]
-
-
-class Fn(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args):
-        return self.fn(*args)
 
 
 @st.composite
@@ -170,13 +145,14 @@ def test_converted_programs_use_these_ops():
     torch.manual_seed(0)
     # weight_norm's g * v / |v| is folded into a constant weight: the program is one conv.
     assert "conv" in op_types(convert_module(KokoroUpsample(2).conv, [torch.randn(1, 2, 5)]))
-    kinds = op_types(convert_module(KokoroUpsample(2), [torch.randn(1, 2, 5)]))
+    kinds = op_types(convert_module(KokoroUpsample(2), [torch.randn(1, 2, 5)]), include_const=False)
     assert kinds[:2] == ["conv", "conv_transpose"]
-    weight_input = Fn(lambda x, w: F.conv1d(x, w))
-    assert op_types(convert_module(weight_input, [torch.randn(1, 2, 5), torch.randn(3, 2, 2)])) == ["conv"]
+    weight_input = TorchFunction(lambda x, w: F.conv1d(x, w))
+    weight_model = convert_module(weight_input, [torch.randn(1, 2, 5), torch.randn(3, 2, 2)])
+    assert op_types(weight_model, include_const=False) == ["conv"]
     # output_padding in 2-D: conv_transpose with output_shape, then crop
     t2 = torch.nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1, output_padding=1)
-    assert op_types(convert_module(t2, [torch.randn(1, 2, 4, 4)])) == ["conv_transpose", "crop"]
+    assert op_types(convert_module(t2, [torch.randn(1, 2, 4, 4)]), include_const=False) == ["conv_transpose", "crop"]
 
 
 def tf_same_pads(size: int, kernel: int, stride: int, dilation: int, lower: bool) -> tuple[int, int]:

@@ -24,8 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conversions.runtime import load_model
-from conversions.testing import FP16_TOLERANCE, FP32_TOLERANCE, convert_module, run_on_runtime, torch_outputs
+from conversions.testing import FP16_TOLERANCE, FP32_TOLERANCE, convert_module, op_types, run_on_runtime, torch_outputs
 
 # fp16 program, fp16-exact inputs, one op per output: only the output rounding (2**-11 relative) remains.
 ONE_OP_FP16 = {"atol": 1e-5, "rtol": 1e-3}
@@ -53,22 +52,18 @@ def assert_outputs_close(got, expected, names, tol):
             np.testing.assert_array_equal(g.astype(np.int64), e.astype(np.int64), err_msg=name)
 
 
-def op_types(mlmodel) -> set[str]:
-    return {op.op_type for op in load_model(mlmodel, backend="mil").function.operations}
-
-
 def check_module(module, arrays, names, expect_ops, *, precision, target="iOS17", tol=None):
     """Convert ``module`` once, check the MIL ops under test are in the program, compare every output with torch."""
     inputs = [torch.from_numpy(a) for a in arrays]
     mlmodel = convert_module(module, inputs, precision=precision, target=target)
-    missing = set(expect_ops) - op_types(mlmodel)
+    missing = set(expect_ops) - set(op_types(mlmodel))
     assert not missing, f"the converted program lacks {missing}"
     tol = tol or (FP32_TOLERANCE if precision == "fp32" else FP16_TOLERANCE)
     got = run_on_runtime(mlmodel, inputs, precision=precision)
     assert_outputs_close(got, torch_outputs(module, inputs), names, tol)
 
 
-def run_program(build, arrays, expect_ops, *, precision, target):
+def run_builder(build, arrays, expect_ops, *, precision, target):
     """Build a MIL program ``build(x0, x1, ...)`` on inputs shaped like ``arrays``, convert, run on the runtime."""
     specs = [mb.TensorSpec(shape=a.shape, dtype=types.int32 if a.dtype.kind == "i" else types.fp32) for a in arrays]
     body = {1: lambda x0: build(x0), 2: lambda x0, x1: build(x0, x1)}[len(arrays)]
@@ -76,7 +71,7 @@ def run_program(build, arrays, expect_ops, *, precision, target):
     prog = mb.program(input_specs=specs, opset_version=opset)(body)
     mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=opset,
                          compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
-    missing = set(expect_ops) - op_types(mlmodel)
+    missing = set(expect_ops) - set(op_types(mlmodel))
     assert not missing, f"the converted program lacks {missing}"
     return run_on_runtime(mlmodel, [torch.from_numpy(a) for a in arrays], precision=precision)
 
@@ -231,7 +226,7 @@ def test_float_builder_ops(target, precision, data):
                 mb.mod(x=mb.mul(x=x0, y=np.float32(-1)), y=x1))
 
     names = ["inverse", "log", "rsqrt", "square", "exp2", "threshold", "clip", "logical_not", "mod", "mod_negative"]
-    got = run_program(build, [x, y], set(names) - {"mod_negative"}, precision=precision, target=target)
+    got = run_builder(build, [x, y], set(names) - {"mod_negative"}, precision=precision, target=target)
     x64 = x.astype(np.float64)
     expected = [1 / (x64 + (1e-4 if inv_eps is None else inv_eps)), np.log(x64 + (log_eps or 0.0)),
                 1 / np.sqrt(x64 + (1e-12 if rsqrt_eps is None else rsqrt_eps)), x64 ** 2, 2.0 ** -x64,
@@ -257,7 +252,7 @@ def test_int32_builder_ops(data):
 
     names = ["real_div", "floor_div", "mod", "pow_tensor", "pow3", "square", "exp2", "threshold", "maximum",
              "less_equal"]
-    got = run_program(build, [x, y], ["real_div", "floor_div", "mod", "pow", "square", "exp2", "threshold", "sign"],
+    got = run_builder(build, [x, y], ["real_div", "floor_div", "mod", "pow", "square", "exp2", "threshold", "sign"],
                       precision="fp32", target="iOS17")
     x64, y64 = x.astype(np.int64), y.astype(np.int64)
     expected = [np.trunc(x64 / y64), np.floor_divide(x64, y64), np.mod(x64, y64), y64 ** np.abs(np.sign(x64)),

@@ -17,15 +17,11 @@ from hypothesis import assume, given, strategies as st
 
 from conversions.runtime import load_model
 from conversions.runtime.mil.executor import RuntimeOpError
-from conversions.testing import assert_matches_torch, convert_module
+from conversions.testing import assert_matches_torch, convert_module, op_types
 
 PRECISIONS = ["fp32", "fp16"]
 TARGETS = ["iOS17", "iOS18"]
 SEEDS = st.integers(0, 2**16)
-
-
-def op_types(mlmodel) -> list[str]:
-    return [op.op_type for op in load_model(mlmodel, backend="mil").function.operations]
 
 
 # ---- torch modules ---------------------------------------------------------------------------------------
@@ -233,7 +229,7 @@ def _compiled(builder, opset: str, specs: tuple, *attrs):
     return load_model(mlmodel, backend="mil", precision="fp32")
 
 
-def run_program(builder, opset, feeds: list[np.ndarray], *attrs, expect_op: str | None = None):
+def run_builder(builder, opset, feeds: list[np.ndarray], *attrs, expect_op: str | None = None):
     """The program's output (a list if it has several) for ``feeds``."""
     specs = tuple((a.shape, types.int32 if a.dtype.kind == "i" else types.fp32) for a in feeds)
     model = _compiled(builder, opset, specs, *attrs)
@@ -364,7 +360,7 @@ def test_scatter_modes(opset, negative, shape, data, seed):
     feeds = [x, indices, updates, unique, unique_updates]
     if negative:
         feeds[1], feeds[3] = _some_negative(rng, indices, size), _some_negative(rng, unique, size)
-    got = run_program(SCATTER_EVERY_MODE, opset, feeds, axis, expect_op="scatter")
+    got = run_builder(SCATTER_EVERY_MODE, opset, feeds, axis, expect_op="scatter")
     axis %= len(shape)
     _check_every_mode(got, lambda mode: ref_scatter(x, unique, unique_updates, axis, mode) if mode == "update"
                       else ref_scatter(x, indices, updates, axis, mode))
@@ -386,7 +382,7 @@ def test_scatter_along_axis_modes(opset, negative, shape, data, seed):
     feeds = [x, indices, updates, unique, unique_updates]
     if negative:
         feeds[1], feeds[3] = _some_negative(rng, indices, size), _some_negative(rng, unique, size)
-    got = run_program(SCATTER_ALONG_AXIS_EVERY_MODE, opset, feeds, axis, expect_op="scatter_along_axis")
+    got = run_builder(SCATTER_ALONG_AXIS_EVERY_MODE, opset, feeds, axis, expect_op="scatter_along_axis")
     axis %= len(shape)
     _check_every_mode(got, lambda mode: ref_scatter_along_axis(x, unique, unique_updates, axis, mode)
                       if mode == "update" else ref_scatter_along_axis(x, indices, updates, axis, mode))
@@ -411,7 +407,7 @@ def test_scatter_nd_modes(opset, negative, shape, data, seed):
     feeds = [x, indices, updates, unique, unique_updates]
     if negative:
         feeds[1], feeds[3] = _some_negative(rng, indices, lead), _some_negative(rng, unique, lead)
-    got = run_program(SCATTER_ND_EVERY_MODE, opset, feeds, expect_op="scatter_nd")
+    got = run_builder(SCATTER_ND_EVERY_MODE, opset, feeds, expect_op="scatter_nd")
     _check_every_mode(got, lambda mode: ref_scatter_nd(x, unique, unique_updates, mode) if mode == "update"
                       else ref_scatter_nd(x, indices, updates, mode))
 
@@ -423,11 +419,11 @@ def test_scatter_on_int32_data():
     for mode in ("add", "sub", "mul", "max", "min", "update"):
         if mode == "update":
             indices, updates = indices[:2], updates[:2]
-        got = run_program(_scatter_program, "iOS17", [data, indices, updates], 0, mode)
+        got = run_builder(_scatter_program, "iOS17", [data, indices, updates], 0, mode)
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, ref_scatter(data, indices, updates, 0, mode), err_msg=mode)
     # The spec's own example.
-    got = run_program(_scatter_program, "iOS17", [data, np.array([1, 0], np.int32), updates[:2]], 0, "add")
+    got = run_builder(_scatter_program, "iOS17", [data, np.array([1, 0], np.int32), updates[:2]], 0, "add")
     np.testing.assert_array_equal(got, [[9, 11, 13], [9, 11, 13]])
 
 
@@ -467,7 +463,7 @@ def test_gather_axis_and_batch_dims(opset, negative, shape, data, seed):
         indices = indices.reshape(1)
     x = _values(rng, shape)
     neg_axis = data.draw(st.booleans(), label="negative axis")
-    got = run_program(_gather_program, opset, [x, indices], axis - rank if neg_axis else axis,
+    got = run_builder(_gather_program, opset, [x, indices], axis - rank if neg_axis else axis,
                       None if opset == "iOS15" else batch_dims, expect_op="gather")
     np.testing.assert_array_equal(got, ref_gather(x, indices, axis, batch_dims))
 
@@ -478,7 +474,7 @@ def test_gather_with_scalar_constant_index_drops_the_axis():
     def builder(x):
         return mb.gather(x=x, indices=np.int32(-2), axis=1)
 
-    got = run_program(builder, "iOS16", [x])
+    got = run_builder(builder, "iOS16", [x])
     np.testing.assert_array_equal(got, x[:, 1, :])
 
 
@@ -495,7 +491,7 @@ def test_gather_nd_and_batch_dims(opset, negative, shape, data, seed):
     if negative:
         indices = indices - sizes * rng.integers(0, 2, indices.shape).astype(np.int32)
     x = _values(rng, shape)
-    got = run_program(_gather_nd_program, opset, [x, indices], None if opset == "iOS15" else batch_dims,
+    got = run_builder(_gather_nd_program, opset, [x, indices], None if opset == "iOS15" else batch_dims,
                       expect_op="gather_nd")
     np.testing.assert_array_equal(got, ref_gather_nd(x, indices, batch_dims))
 
@@ -511,13 +507,13 @@ def test_gather_along_axis(opset, negative, shape, data, seed):
     if negative:
         indices = indices - shape[axis] * rng.integers(0, 2, indices.shape).astype(np.int32)
     x = _values(rng, shape)
-    got = run_program(_gather_along_axis_program, opset, [x, indices], axis, expect_op="gather_along_axis")
+    got = run_builder(_gather_along_axis_program, opset, [x, indices], axis, expect_op="gather_along_axis")
     np.testing.assert_array_equal(got, np.take_along_axis(x, indices, axis))
 
 
 def test_gather_on_int32_data():
     x = np.array([[10, 20, 30], [40, 50, 60]], np.int32)
-    got = run_program(_gather_program, "iOS17", [x, np.array([2, 0, 2], np.int32)], 1, 0)
+    got = run_builder(_gather_program, "iOS17", [x, np.array([2, 0, 2], np.int32)], 1, 0)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, [[30, 10, 30], [60, 40, 60]])
 
@@ -551,7 +547,7 @@ def test_slice_update_begin_end_stride_masks(shape, data, seed):
     update = _values(rng, expected[tuple(index)].shape)
     expected[tuple(index)] = update
     attrs = (tuple(stride), tuple(begin_mask), tuple(end_mask), tuple(squeeze_mask))
-    got = run_program(_slice_update_program, "iOS18",
+    got = run_builder(_slice_update_program, "iOS18",
                       [x, update, np.array(begin, np.int32), np.array(end, np.int32)], *attrs,
                       expect_op="slice_update")
     np.testing.assert_array_equal(got, expected)
@@ -566,22 +562,22 @@ def test_slice_update_without_optional_inputs():
 
     expected = x.copy()
     expected[1:5, -3:-1] = update
-    np.testing.assert_array_equal(run_program(builder, "iOS18", [x, update]), expected)
+    np.testing.assert_array_equal(run_builder(builder, "iOS18", [x, update]), expected)
 
 
 # ---- errors ----------------------------------------------------------------------------------------------
 def test_out_of_bounds_index_is_an_error_not_a_value():
     x = np.arange(10, dtype=np.float32).reshape(2, 5)
     with pytest.raises(RuntimeOpError, match="out of bounds"):
-        run_program(_gather_program, "iOS17", [x, np.array([0, 5], np.int32)], 1, 0)
+        run_builder(_gather_program, "iOS17", [x, np.array([0, 5], np.int32)], 1, 0)
     with pytest.raises(RuntimeOpError, match="out of bounds"):  # iOS17+: negative indices are out of bounds
-        run_program(_gather_program, "iOS17", [x, np.array([-1], np.int32)], 1, 0)
-    np.testing.assert_array_equal(run_program(_gather_program, "iOS16", [x, np.array([-1], np.int32)], 1, 0),
+        run_builder(_gather_program, "iOS17", [x, np.array([-1], np.int32)], 1, 0)
+    np.testing.assert_array_equal(run_builder(_gather_program, "iOS16", [x, np.array([-1], np.int32)], 1, 0),
                                   x[:, [4]])
     with pytest.raises(RuntimeOpError, match="out of bounds"):
-        run_program(_gather_program, "iOS16", [x, np.array([-6], np.int32)], 1, 0)
+        run_builder(_gather_program, "iOS16", [x, np.array([-6], np.int32)], 1, 0)
     with pytest.raises(RuntimeOpError, match="out of bounds"):
-        run_program(SCATTER_ND_EVERY_MODE, "iOS17",
+        run_builder(SCATTER_ND_EVERY_MODE, "iOS17",
                     [x, np.array([[1, 5]], np.int32), np.ones(1, np.float32), np.array([[0, 0]], np.int32),
                      np.ones(1, np.float32)])
 

@@ -22,29 +22,14 @@ from coremltools.converters.mil.mil import types
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conversions.runtime import load_model
-from conversions.testing import FP16_TOLERANCE, FP32_TOLERANCE, convert_module, run_on_runtime, torch_outputs
+from conversions.testing import (FP16_TOLERANCE, FP32_TOLERANCE, TorchFunction, convert_module, convert_program, op_types,
+                                 predict_outputs, run_on_runtime, torch_outputs)
 
 PRECISIONS = ["fp32", "fp16"]
 TARGETS = ["iOS17", "iOS18"]
 
 
 # ---- helpers --------------------------------------------------------------------------------------------
-def op_types(mlmodel) -> list[str]:
-    return [op.op_type for op in load_model(mlmodel, backend="mil").function.operations]
-
-
-def convert_program(prog, target: str = "iOS17", precision: str = "fp32", inputs=None):
-    return ct.convert(prog, inputs=inputs, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-                      compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
-
-
-def predict(mlmodel, feeds: dict, precision: str = "fp32") -> list[np.ndarray]:
-    model = load_model(mlmodel, backend="mil", precision=precision)
-    out = model.predict(feeds)
-    return [out[spec.name] for spec in model.outputs]
-
-
 def convert_flexible(module, example_inputs, flexible: dict[tuple[int, int], tuple[int, int]], target: str = "iOS17",
                      precision: str = "fp32", expect_ops=()):
     """Trace ``module``; convert with ``ct.RangeDim(low, high)`` at each (input index, axis) key of ``flexible``."""
@@ -77,15 +62,6 @@ def assert_runtime_matches_torch(mlmodel, module, inputs, precision: str) -> Non
         assert_close(g, e, precision, f"output {i}")
 
 
-class Fn(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args):
-        return self.fn(*args)
-
-
 def floats(shape, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -108,7 +84,7 @@ PAD_CASES = {  # id: (module, example shape, flexible axes -> RangeDim bounds)
 @functools.cache
 def pad_model(case: str, precision: str):
     fn, shape, flexible = PAD_CASES[case]
-    return convert_flexible(Fn(fn), [torch.zeros(shape)], flexible, precision=precision, expect_ops={"pad"})
+    return convert_flexible(TorchFunction(fn), [torch.zeros(shape)], flexible, precision=precision, expect_ops={"pad"})
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -120,7 +96,7 @@ def test_pad_modes_match_torch(case, precision, data, seed):
     for (_, axis), (low, high) in flexible.items():
         shape[axis] = data.draw(st.integers(low, high), label=f"dim {axis}")
     x = torch.from_numpy(floats(shape, seed))
-    assert_runtime_matches_torch(pad_model(case, precision), Fn(fn), [x], precision)
+    assert_runtime_matches_torch(pad_model(case, precision), TorchFunction(fn), [x], precision)
 
 
 def split_concat_stack(x, context):
@@ -133,7 +109,7 @@ def split_concat_stack(x, context):
 @functools.cache
 def split_model(precision: str):
     example = [torch.zeros(1, 6, 5), torch.zeros(1, 6, 3)]
-    return convert_flexible(Fn(split_concat_stack), example, {(0, 2): (1, 16)}, precision=precision,
+    return convert_flexible(TorchFunction(split_concat_stack), example, {(0, 2): (1, 16)}, precision=precision,
                             expect_ops={"split", "concat", "stack"})
 
 
@@ -141,7 +117,7 @@ def split_model(precision: str):
 @given(t=st.integers(1, 16), seed=st.integers(0, 2**16))
 def test_split_concat_stack_match_torch(precision, t, seed):
     inputs = [torch.from_numpy(floats((1, 6, t), seed)), torch.from_numpy(floats((1, 6, 3), seed + 1))]
-    assert_runtime_matches_torch(split_model(precision), Fn(split_concat_stack), inputs, precision)
+    assert_runtime_matches_torch(split_model(precision), TorchFunction(split_concat_stack), inputs, precision)
 
 
 def tile_flip_bands(x):
@@ -150,7 +126,7 @@ def tile_flip_bands(x):
 
 @functools.cache
 def tile_model(precision: str):
-    return convert_flexible(Fn(tile_flip_bands), [torch.zeros(3, 4)], {(0, 0): (1, 6), (0, 1): (1, 6)},
+    return convert_flexible(TorchFunction(tile_flip_bands), [torch.zeros(3, 4)], {(0, 0): (1, 6), (0, 1): (1, 6)},
                             precision=precision, expect_ops={"tile", "reverse", "band_part"})
 
 
@@ -158,7 +134,7 @@ def tile_model(precision: str):
 @given(rows=st.integers(1, 6), cols=st.integers(1, 6), seed=st.integers(0, 2**16))
 def test_tile_flip_band_part_match_torch(precision, rows, cols, seed):
     x = torch.from_numpy(floats((rows, cols), seed))
-    assert_runtime_matches_torch(tile_model(precision), Fn(tile_flip_bands), [x], precision)
+    assert_runtime_matches_torch(tile_model(precision), TorchFunction(tile_flip_bands), [x], precision)
 
 
 def sorting(x):
@@ -169,7 +145,7 @@ def sorting(x):
 
 @functools.cache
 def sorting_model(precision: str):
-    mlmodel = convert_module(Fn(sorting), [torch.zeros(3, 8)], precision=precision)
+    mlmodel = convert_module(TorchFunction(sorting), [torch.zeros(3, 8)], precision=precision)
     assert {"topk", "argsort"} <= set(op_types(mlmodel))
     return mlmodel
 
@@ -178,7 +154,7 @@ def sorting_model(precision: str):
 @given(seed=st.integers(0, 2**16))
 def test_topk_and_argsort_match_torch(precision, seed):
     x = torch.from_numpy(distinct((3, 8), seed))
-    assert_runtime_matches_torch(sorting_model(precision), Fn(sorting), [x], precision)
+    assert_runtime_matches_torch(sorting_model(precision), TorchFunction(sorting), [x], precision)
 
 
 FRAMES = 24
@@ -197,7 +173,7 @@ def durations_to_alignment(durations, weights):
 @functools.cache
 def alignment_model(target: str, precision: str):
     example = [torch.ones(1, 5, dtype=torch.int32), torch.zeros(1, 5)]
-    return convert_flexible(Fn(durations_to_alignment), example, {(0, 1): (1, 12), (1, 1): (1, 12)}, target,
+    return convert_flexible(TorchFunction(durations_to_alignment), example, {(0, 1): (1, 12), (1, 1): (1, 12)}, target,
                             precision, expect_ops={"cumsum", "range_1d"})
 
 
@@ -208,7 +184,8 @@ def test_cumsum_alignment_matches_torch(target, precision, data, seed):
     durations = data.draw(st.lists(st.integers(0, 2), min_size=1, max_size=12), label="durations")
     assume(sum(durations) > 0)  # Core ML cannot hold the empty range
     inputs = [torch.tensor([durations], dtype=torch.int32), torch.from_numpy(floats((1, len(durations)), seed))]
-    assert_runtime_matches_torch(alignment_model(target, precision), Fn(durations_to_alignment), inputs, precision)
+    assert_runtime_matches_torch(alignment_model(target, precision), TorchFunction(durations_to_alignment), inputs,
+                                 precision)
 
 
 def length_dependent(x, labels):
@@ -226,7 +203,7 @@ def length_dependent(x, labels):
 @functools.cache
 def length_model(target: str, precision: str):
     example = [torch.zeros(1, 5, 4), torch.zeros(1, 5, dtype=torch.int32)]
-    return convert_flexible(Fn(length_dependent), example, {(0, 1): (1, 16), (1, 1): (1, 16)}, target, precision,
+    return convert_flexible(TorchFunction(length_dependent), example, {(0, 1): (1, 16), (1, 1): (1, 16)}, target, precision,
                             expect_ops={"shape", "range_1d", "fill", "fill_like", "select", "one_hot", "non_zero",
                                         "cast"})
 
@@ -240,7 +217,7 @@ def test_length_dependent_fill_range_one_hot_cast_match_torch(target, precision,
         x = np.round(x * 3) / 3 + np.float32(1 / 6)
     labels = np.random.default_rng(seed).integers(0, 5, (1, t)).astype(np.int32)
     inputs = [torch.from_numpy(x), torch.from_numpy(labels)]
-    assert_runtime_matches_torch(length_model(target, precision), Fn(length_dependent), inputs, precision)
+    assert_runtime_matches_torch(length_model(target, precision), TorchFunction(length_dependent), inputs, precision)
 
 
 # ---- MIL builder programs -------------------------------------------------------------------------------
@@ -262,7 +239,7 @@ def concat_split_program():
 @given(seed=st.integers(0, 2**16))
 def test_concat_interleave_split_stack_match_numpy(seed):
     a, b = floats((2, 3, 6), seed), floats((2, 3, 6), seed + 1)
-    got = predict(concat_split_program(), {"a": a, "b": b})
+    got = predict_outputs(concat_split_program(), {"a": a, "b": b})
     interleaved = np.empty((2, 6, 6), np.float32)
     interleaved[:, 0::2], interleaved[:, 1::2] = a, b
     expected = [interleaved, np.concatenate([a, b, a], axis=-1), a[..., 0:2], a[..., 2:4], a[..., 4:6],
@@ -289,7 +266,7 @@ def pad_program():
 @given(pads=st.lists(st.integers(0, 3), min_size=6, max_size=6), seed=st.integers(0, 2**16))
 def test_pad_partial_and_runtime_pads_match_numpy(pads, seed):
     x = floats((2, 3, 5), seed)
-    got = predict(pad_program(), {"x": x, "pads": np.array(pads, np.int32)})
+    got = predict_outputs(pad_program(), {"x": x, "pads": np.array(pads, np.int32)})
     expected = [np.pad(x, [(0, 0), (0, 0), (3, 4)], mode="reflect"),
                 np.pad(x, [(0, 0), (1, 0), (6, 2)], mode="edge"),
                 np.pad(x, [tuple(pads[0:2]), tuple(pads[2:4]), tuple(pads[4:6])], constant_values=7.0)]
@@ -328,7 +305,7 @@ def test_reverse_sequence_matches_numpy(case, data, seed):
     for b, n in enumerate(lengths):
         expected[b, :n] = expected[b, :n][::-1]
     expected = np.moveaxis(expected, (0, 1), (batch_axis, seq_axis))
-    (got,) = predict(reverse_sequence_program(case), {"x": x, "lengths": np.array(lengths, np.int32)})
+    (got,) = predict_outputs(reverse_sequence_program(case), {"x": x, "lengths": np.array(lengths, np.int32)})
     assert_close(got, expected, what=f"lengths={lengths}")
 
 
@@ -357,7 +334,7 @@ def band_reference(x: np.ndarray, lower: int, upper: int) -> np.ndarray:
 def test_band_part_matches_numpy(seed):
     x = floats((2, 4, 5), seed)
     n = np.random.default_rng(seed).integers(-9, 9, (4, 5)).astype(np.int32)
-    got = predict(band_program(), {"x": x, "n": n})
+    got = predict_outputs(band_program(), {"x": x, "n": n})
     expected = [band_reference(x, lo, up) for lo, up in BANDS] + [band_reference(n, 1, 0)]
     for i, (g, e) in enumerate(zip(got, expected)):
         assert_close(g, e, what=f"output {i}")
@@ -389,7 +366,7 @@ def test_range_1d_matches_numpy(start, end, step, fstart, fend, fstep):
     assume(ints_expected.size > 0 and floats_expected.size > 0)  # Core ML cannot hold empty tensors
     feeds = {"i_start": start, "i_end": end, "i_step": step, "f_start": fstart, "f_end": fend, "f_step": fstep}
     feeds = {k: np.array([v], np.int32 if k.startswith("i_") else np.float32) for k, v in feeds.items()}
-    got_ints, got_floats = predict(range_program(), feeds)
+    got_ints, got_floats = predict_outputs(range_program(), feeds)
     assert_close(got_ints, ints_expected.astype(np.int32))
     assert_close(got_floats, floats_expected)
 
@@ -414,7 +391,7 @@ def fill_one_hot_program():
 def test_fill_like_one_hot_identity_match_numpy(depth, seed):
     x = floats((2, 3), seed)
     labels = np.random.default_rng(seed).integers(0, 4, (2, 3)).astype(np.int32)
-    got = predict(fill_one_hot_program(), {"x": x, "labels": labels, "depth": np.array([depth], np.int32)})
+    got = predict_outputs(fill_one_hot_program(), {"x": x, "labels": labels, "depth": np.array([depth], np.int32)})
     hot = np.eye(depth, dtype=bool)[labels]  # [2, 3, depth]
     expected = [np.full((2, 3), 3, np.int32), np.ones((2, 3), bool),
                 np.moveaxis(np.where(hot, 2.5, -1.0), -1, 0).astype(np.float32),
@@ -440,7 +417,7 @@ def sorting_program(opset: str):
 @given(seed=st.integers(0, 2**16))
 def test_topk_argsort_options_match_numpy(opset, seed):
     x = distinct((4, 6), seed)
-    got = predict(sorting_program(opset), {"x": x})
+    got = predict_outputs(sorting_program(opset), {"x": x})
     up0 = np.argsort(x, axis=0, kind="stable")
     down1 = np.argsort(-x, axis=-1, kind="stable")
     expected = [np.take_along_axis(x, up0[:2], axis=0), up0[:2], np.take_along_axis(x, down1[:, :3], axis=-1),
@@ -457,7 +434,7 @@ def test_argsort_ties_keep_input_order():
         return mb.argsort(x=x), mb.argsort(x=x, ascending=True), mb.topk(x=x, k=4)[1]
 
     x = np.array([[1.0, 2.0, 1.0, 2.0, 0.5, 1.0]], np.float32)
-    down, up, top = predict(convert_program(prog), {"x": x})
+    down, up, top = predict_outputs(convert_program(prog), {"x": x})
     np.testing.assert_array_equal(down, [[1, 3, 0, 2, 5, 4]])
     np.testing.assert_array_equal(up, [[4, 0, 2, 5, 1, 3]])
     np.testing.assert_array_equal(top, [[1, 3, 0, 2]])
@@ -489,7 +466,7 @@ def cumsum_reference(x: np.ndarray, axis: int, exclusive: bool, reverse: bool) -
 def test_cumsum_exclusive_reverse_match_numpy(seed):
     x = floats((3, 5), seed)
     n = np.random.default_rng(seed).integers(-5, 5, (3, 5)).astype(np.int32)
-    got = predict(cumsum_program(), {"x": x, "n": n})
+    got = predict_outputs(cumsum_program(), {"x": x, "n": n})
     flags = [(False, False), (True, False), (False, True), (True, True)]
     expected = [cumsum_reference(x, 1, e, r) for e, r in flags] + [cumsum_reference(x, 0, False, False),
                                                                    cumsum_reference(n, 1, True, True)]
@@ -519,7 +496,7 @@ def test_cast_truncates_and_maps_bools(precision, seed):
     x[0, :4] = [0.0, -0.0, 2.999, -2.999]
     n = rng.integers(-5000, 5000, (2, 8)).astype(np.int32)
     n[0, 0] = 0
-    got = predict(cast_program(), {"x": x, "n": n}, precision)
+    got = predict_outputs(cast_program(), {"x": x, "n": n}, precision)
     expected = [np.trunc(x).astype(np.int32), x != 0, (x != 0).astype(np.float32),
                 n.astype(np.float16) if precision == "fp16" else n.astype(np.float32),  # fp16 rounding emulated
                 np.trunc(x).astype(np.int16), (n != 0).astype(np.int32)]
@@ -586,7 +563,7 @@ def test_non_maximum_suppression_matches_greedy_reference(opset, per_class, seed
     ios15 = opset == "iOS15"
     feeds = {"boxes": boxes, "scores": scores} if ios15 else \
         {"boxes": boxes.transpose(0, 2, 1).copy(), "scores": scores.transpose(0, 2, 1).copy()}
-    got = predict(nms_program(opset, per_class), feeds)
+    got = predict_outputs(nms_program(opset, per_class), feeds)
     out_boxes, out_scores, out_indices = got[:3]
     if not ios15:
         out_boxes, out_scores = out_boxes.transpose(0, 2, 1), out_scores.transpose(0, 2, 1)

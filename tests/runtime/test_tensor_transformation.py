@@ -22,29 +22,14 @@ from coremltools.converters.mil.mil import get_new_symbol, types
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conversions.runtime import load_model
-from conversions.testing import FP16_TOLERANCE, FP32_TOLERANCE, convert_module, run_on_runtime, torch_outputs
+from conversions.testing import (FP16_TOLERANCE, FP32_TOLERANCE, TorchFunction, convert_module, convert_program, op_types,
+                                 predict_outputs, run_on_runtime, torch_outputs)
 
 PRECISIONS = ["fp32", "fp16"]
 TARGETS = ["iOS17", "iOS18"]
 
 
 # ---- helpers --------------------------------------------------------------------------------------------
-def op_types(mlmodel) -> list[str]:
-    return [op.op_type for op in load_model(mlmodel, backend="mil").function.operations]
-
-
-def convert_program(prog, target: str = "iOS17", precision: str = "fp32", inputs=None):
-    return ct.convert(prog, inputs=inputs, convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, target),
-                      compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
-
-
-def predict(mlmodel, feeds: dict, precision: str = "fp32") -> list[np.ndarray]:
-    model = load_model(mlmodel, backend="mil", precision=precision)
-    out = model.predict(feeds)
-    return [out[spec.name] for spec in model.outputs]
-
-
 def convert_flexible(module, example_inputs, flexible: dict[tuple[int, int], int], target: str, precision: str):
     """Trace ``module`` and convert it with ``ct.RangeDim(1, upper)`` at each (input index, axis) in ``flexible``."""
     with torch.no_grad(), warnings.catch_warnings():
@@ -77,15 +62,6 @@ def assert_converted_matches_torch(module, inputs, precision: str, expect_ops=()
         assert_close(g, e, precision, f"output {i}")
 
 
-class Fn(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args):
-        return self.fn(*args)
-
-
 def floats(shape, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -103,7 +79,8 @@ def test_attention_head_reshapes_match_torch(precision, b, t, heads, head_dim, s
         return q, merged.unsqueeze(1).unsqueeze(-1), x.flatten(0, 2)
 
     x = torch.from_numpy(floats((b, 1, t, heads * head_dim), seed))
-    assert_converted_matches_torch(Fn(heads_roundtrip), [x], precision, {"squeeze", "reshape", "transpose", "expand_dims"})
+    assert_converted_matches_torch(TorchFunction(heads_roundtrip), [x], precision,
+                                   {"squeeze", "reshape", "transpose", "expand_dims"})
 
 
 @st.composite
@@ -125,7 +102,7 @@ def test_slicing_matches_torch(precision, data, n0, n1, n2, seed):
         return x[:, s1, index], x[..., -1:] * 3.0
 
     x = torch.from_numpy(floats((n0, n1, n2), seed))
-    assert_converted_matches_torch(Fn(take), [x], precision, {"slice_by_index"})
+    assert_converted_matches_torch(TorchFunction(take), [x], precision, {"slice_by_index"})
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -138,7 +115,7 @@ def test_pixel_shuffle_and_unshuffle_match_torch(precision, factor, channels, h,
 
     x = torch.from_numpy(floats((1, channels * factor * factor, h, w), seed))
     expect = {"pixel_shuffle", "pixel_unshuffle"} if factor > 1 else ()  # factor 1 is folded away
-    assert_converted_matches_torch(Fn(shuffle), [x], precision, expect)
+    assert_converted_matches_torch(TorchFunction(shuffle), [x], precision, expect)
 
 
 HEADS = 2
@@ -159,7 +136,7 @@ def rel_shift_attention(scores, lengths):
 @functools.cache
 def rel_shift_model(target: str, precision: str):
     example = [torch.zeros(1, HEADS, 4, 7), torch.tensor([3], dtype=torch.int32)]
-    mlmodel = convert_flexible(Fn(rel_shift_attention), example, {(0, 2): 32, (0, 3): 64}, target, precision)
+    mlmodel = convert_flexible(TorchFunction(rel_shift_attention), example, {(0, 2): 32, (0, 3): 64}, target, precision)
     assert {"shape", "pad", "concat", "reshape", "slice_by_index", "range_1d", "select"} <= set(op_types(mlmodel))
     return mlmodel
 
@@ -172,7 +149,7 @@ def test_flexible_length_rel_shift_matches_torch(target, precision, t, data, see
     length = data.draw(st.integers(0, t), label="length")
     scores = torch.from_numpy(floats((1, HEADS, t, 2 * t - 1), seed))
     lengths = torch.tensor([length], dtype=torch.int32)
-    (got,) = predict(rel_shift_model(target, precision), {"x0": scores.numpy(), "x1": lengths.numpy()}, precision)
+    (got,) = predict_outputs(rel_shift_model(target, precision), {"x0": scores.numpy(), "x1": lengths.numpy()}, precision)
     assert_close(got, rel_shift_attention(scores, lengths).numpy(), precision, f"T={t}")
 
 
@@ -217,7 +194,8 @@ def test_slice_by_index_masks_and_strides_match_numpy(case, data, seed):
         else:
             index.append(slice(None if begin_mask[d] else begin[d], None if end_mask[d] else end[d], stride[d]))
     x = floats(SLICE_SHAPE, seed)
-    (got,) = predict(slice_program(case), {"x": x, "begin": np.array(begin, np.int32), "end": np.array(end, np.int32)})
+    (got,) = predict_outputs(slice_program(case),
+                             {"x": x, "begin": np.array(begin, np.int32), "end": np.array(end, np.int32)})
     assert_close(got, x[tuple(index)], what=f"begin={begin} end={end}")
 
 
@@ -243,7 +221,7 @@ def test_reshape_zero_and_minus_one_entries(opset, x_shape, shape, expected):
                          compute_precision=ct.precision.FLOAT32)
     assert "reshape" in op_types(mlmodel)
     x = floats(x_shape, 0)
-    (got,) = predict(mlmodel, {"x": x})
+    (got,) = predict_outputs(mlmodel, {"x": x})
     assert_close(got, (x * 2).reshape(expected))
 
 
@@ -281,7 +259,7 @@ def test_runtime_shapes_feed_fill_slice_and_reshape(target, precision, d0, d1, d
     b0 = data.draw(st.integers(0, BIG[0] - d0), label="b0")
     b1 = data.draw(st.sampled_from([BIG[1] - d1, -d1]), label="b1")  # the same column, counted from the end
     x, y = floats((d0, d1), seed), floats(BIG, seed + 1)
-    got = predict(runtime_shape_program(target, precision), {"x": x, "y": y, "begin": np.array([b0, b1], np.int32)},
+    got = predict_outputs(runtime_shape_program(target, precision), {"x": x, "y": y, "begin": np.array([b0, b1], np.int32)},
                   precision)
     c1 = b1 % BIG[1]
     window = y[b0:b0 + d0, c1:c1 + d1]
@@ -326,7 +304,7 @@ def test_depth_to_space_follows_the_core_ml_spec_example():
         return mb.depth_to_space(x=x, block_size=2)
 
     x = np.arange(1, 17, dtype=np.float32).reshape(1, 8, 1, 2)
-    (got,) = predict(convert_program(prog), {"x": x})
+    (got,) = predict_outputs(convert_program(prog), {"x": x})
     expected = np.array([[[[1, 5, 2, 6], [9, 13, 10, 14]], [[3, 7, 4, 8], [11, 15, 12, 16]]]], np.float32)
     assert_close(got, expected)
 
@@ -335,7 +313,7 @@ def test_depth_to_space_follows_the_core_ml_spec_example():
 @given(h=st.integers(1, 5), w=st.integers(1, 5), seed=st.integers(0, 2**16))
 def test_depth_to_space_and_back_match_numpy(block, h, w, seed):
     x = floats((1, 2 * block * block, h, w), seed)
-    up, back = predict(space_depth_program(block), {"x": x})
+    up, back = predict_outputs(space_depth_program(block), {"x": x})
     assert_close(up, depth_to_space_reference(x, block))
     assert_close(back, -x)  # space_to_depth is the exact inverse
 
@@ -375,7 +353,7 @@ def space_batch_program(case: str):
 def test_space_to_batch_and_back_match_numpy(case, seed):
     block, pads = SPACE_BATCH_CASES[case]
     x = floats((2, 3, 4, 3), seed)
-    batched, back = predict(space_batch_program(case), {"x": x})
+    batched, back = predict_outputs(space_batch_program(case), {"x": x})
     assert_close(batched, space_to_batch_reference(x, block, pads))
     assert_close(back, x + 1.0)  # batch_to_space with crops == paddings undoes it
 
@@ -406,7 +384,7 @@ def test_sliding_windows_match_numpy(case, precision, t, seed):
     windows = np.lib.stride_tricks.sliding_window_view(x, size, axis=axis)  # window dim appended last
     windows = np.take(windows, np.arange(0, windows.shape[axis], stride), axis=axis)
     expected = np.moveaxis(windows, -1, (axis % 3) + 1)
-    (got,) = predict(sliding_program(case, precision), {"x": x}, precision)
+    (got,) = predict_outputs(sliding_program(case, precision), {"x": x}, precision)
     assert_close(got, expected, precision)
 
 
@@ -430,7 +408,7 @@ def shape_ops_program():
 @given(seed=st.integers(0, 2**16))
 def test_flatten_squeeze_expand_reshape_like_match_numpy(seed):
     x = floats((2, 1, 3, 1), seed)
-    got = predict(shape_ops_program(), {"x": x, "ref": floats((2, 5, 3), seed)})
+    got = predict_outputs(shape_ops_program(), {"x": x, "ref": floats((2, 5, 3), seed)})
     y = x * 3
     expected = [y.reshape(6, 1), y.reshape(2, 3), y.reshape(2, 3), y.reshape(2, 3),
                 y.reshape(1, 2, 1, 3, 1),  # axes 0, 2 and -1 of the rank-5 output
