@@ -143,10 +143,10 @@ def main(argv=None) -> int:
     if args.only in (None, "conformer"):
         rows += bench(f"fastconformer-stack ({args.blocks} blocks, d1024, 188 frames)",
                       *conformer_workload(args.blocks), repeat=max(5, args.repeat // 3))
-    print(f"{'workload':48s} {'engine':20s} {'median ms':>10s} {'vs torch':>9s} {'load s':>7s}")
+    print(f"{'workload':50s} {'engine':20s} {'median ms':>10s} {'vs torch':>9s} {'load s':>7s}")
     for name, engine, seconds, ratio, load_s in rows:
         load = "" if np.isnan(load_s) else f"{load_s:7.2f}"
-        print(f"{name:48s} {engine:20s} {seconds * 1e3:10.3f} {ratio:8.2f}x {load}")
+        print(f"{name:50s} {engine:20s} {seconds * 1e3:10.3f} {ratio:8.2f}x {load}")
     return 0
 
 
