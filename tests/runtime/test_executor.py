@@ -98,3 +98,21 @@ def test_trace_comparison_finds_first_nonfinite(stack_fp16):
     comparison = compare_traces(reference, candidate)
     assert [r.op for r in comparison.first_nonfinite] == [target]
     assert comparison.culprits()[0].op == target
+
+
+def test_intermediates_are_freed_after_their_last_use(stack_fp16):
+    _, x, mlmodel = stack_fp16
+    executor = load_model(mlmodel, backend="mil").executor
+    outputs = {executor.slot_of[name] for name in executor.function.outputs}
+    freed: dict[int, int] = {}
+    for i, step in enumerate(executor.steps):
+        for slot in step.free_after:
+            assert slot not in freed, f"slot {slot} freed twice"
+            freed[slot] = i
+    for i, step in enumerate(executor.steps):
+        read = [slot for _, slot in step.var_kwargs]
+        read += [v for _, items in step.list_kwargs for is_slot, v in items if is_slot]
+        for slot in read:
+            assert freed.get(slot, len(executor.steps)) >= i, f"step {i} ({step.op.name}) reads freed slot {slot}"
+    assert set(freed) == set(executor.slot_of.values()) - outputs  # everything but the outputs is released
+    assert not any(s.op.op_type == "const" for s in executor.steps)  # constants are resolved at load time
