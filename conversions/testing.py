@@ -86,23 +86,28 @@ def assert_matches_torch(module: torch.nn.Module, example_inputs: Sequence[torch
     ``precision="fp32"`` converts with fp32 compute precision and runs the runtime in fp32: a tight check of
     the kernels' semantics. ``precision="fp16"`` checks the default fp16 program with fp16 storage emulated.
     """
-    tol = dict(FP32_TOLERANCE if precision == "fp32" else FP16_TOLERANCE)
-    if atol is not None:
-        tol["atol"] = atol
-    if rtol is not None:
-        tol["rtol"] = rtol
     mlmodel = convert_module(module, example_inputs, names=names, precision=precision, target=target,
                              input_dtypes=input_dtypes)
     expected = torch_outputs(module, example_inputs)
     got = run_on_runtime(mlmodel, example_inputs, names=names, precision=precision)
     assert len(got) == len(expected), f"{len(got)} outputs from the runtime, {len(expected)} from torch"
     for i, (e, g) in enumerate(zip(expected, got)):
-        assert g.shape == e.shape, f"output {i}: shape {g.shape} vs torch {e.shape}"
-        if e.dtype.kind == "f":
-            g64, e64 = g.astype(np.float64), e.astype(np.float64)
-            np.testing.assert_allclose(g64, e64, err_msg=f"output {i} ({precision} program)", **tol)
-        else:
-            np.testing.assert_array_equal(g.astype(np.int64), e.astype(np.int64), err_msg=f"output {i}")
+        assert_close(g, e, precision, f"output {i} ({precision} program) vs torch", atol=atol, rtol=rtol)
+
+
+def assert_close(got: np.ndarray, expected: np.ndarray, precision: str = "fp32", what: str = "", *,
+                 atol: float | None = None, rtol: float | None = None) -> None:
+    """Same shape; floats within the precision's default tolerance (or ``atol``/``rtol``); ints exactly equal."""
+    assert got.shape == expected.shape, f"{what}: shape {got.shape} vs {expected.shape}"
+    if expected.dtype.kind == "f":
+        tol = dict(FP32_TOLERANCE if precision == "fp32" else FP16_TOLERANCE)
+        if atol is not None:
+            tol["atol"] = atol
+        if rtol is not None:
+            tol["rtol"] = rtol
+        np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), err_msg=what, **tol)
+    else:
+        np.testing.assert_array_equal(got.astype(np.int64), expected.astype(np.int64), err_msg=what)
 
 
 def op_types(mlmodel, *, include_const: bool = True) -> list[str]:

@@ -22,7 +22,7 @@ from coremltools.converters.mil.mil import types
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conversions.testing import (FP16_TOLERANCE, FP32_TOLERANCE, TorchFunction, convert_module, convert_program, op_types,
+from conversions.testing import (assert_close, TorchFunction, convert_module, convert_program, op_types,
                                  predict_outputs, run_on_runtime, torch_outputs)
 
 PRECISIONS = ["fp32", "fp16"]
@@ -45,15 +45,6 @@ def convert_flexible(module, example_inputs, flexible: dict[tuple[int, int], tup
         mlmodel = convert_program(traced, target, precision, inputs=inputs)
     assert set(expect_ops) <= set(op_types(mlmodel)), f"expected {expect_ops} in {op_types(mlmodel)}"
     return mlmodel
-
-
-def assert_close(got: np.ndarray, expected: np.ndarray, precision: str = "fp32", what: str = "") -> None:
-    assert got.shape == expected.shape, f"{what}: shape {got.shape} vs {expected.shape}"
-    if expected.dtype.kind == "f":
-        tol = FP32_TOLERANCE if precision == "fp32" else FP16_TOLERANCE
-        np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), err_msg=what, **tol)
-    else:
-        np.testing.assert_array_equal(got.astype(np.int64), expected.astype(np.int64), err_msg=what)
 
 
 def assert_runtime_matches_torch(mlmodel, module, inputs, precision: str) -> None:
