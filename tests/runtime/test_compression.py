@@ -41,7 +41,6 @@ does not produce (blocks on several axes, fp16 offsets, int8 luts).
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -58,7 +57,6 @@ from coremltools.converters.mil import Builder as mb
 from conversions.runtime import load_model
 from conversions.testing import FP16_TOLERANCE, FP32_TOLERANCE, convert_module, torch_outputs
 
-HAVE_SKLEARN = importlib.util.find_spec("sklearn") is not None
 # Every config converts and compresses a module per example (~0.5 s): a few examples each keep the file around
 # a minute; the "thorough" profile scales them up.
 EXAMPLES = max(2, settings.default.max_examples // 4)
@@ -102,7 +100,6 @@ class Config:
     ops: set[str]  # constexpr ops the compressed program must contain
     lattice: int = 0  # >0: weights drawn from this many vectors of length 2 (lossless "unique" palettization)
     vector_axis: int = 0
-    needs_sklearn: bool = False
 
 
 CONFIGS = {
@@ -115,8 +112,7 @@ CONFIGS = {
     "ios17-pal4-uniform": Config("iOS17", [_palettize(nbits=4, mode="uniform")], {"constexpr_lut_to_dense"}),
     "ios17-pal6-uniform": Config("iOS17", [_palettize(nbits=6, mode="uniform")], {"constexpr_lut_to_dense"}),
     "ios17-pal8-uniform": Config("iOS17", [_palettize(nbits=8, mode="uniform")], {"constexpr_lut_to_dense"}),
-    "ios17-pal4-kmeans": Config("iOS17", [_palettize(nbits=4, mode="kmeans")], {"constexpr_lut_to_dense"},
-                                needs_sklearn=True),
+    "ios17-pal4-kmeans": Config("iOS17", [_palettize(nbits=4, mode="kmeans")], {"constexpr_lut_to_dense"}),
     "ios17-prune-magnitude": Config("iOS17", [MAGNITUDE], {"constexpr_sparse_to_dense"}),
     "ios17-prune-threshold": Config("iOS17", [THRESHOLD_PRUNE], {"constexpr_sparse_to_dense"}),
     # iOS18 target: typed sub-byte tensors, blockwise scales and luts, joint compression.
@@ -138,7 +134,7 @@ CONFIGS = {
         {"constexpr_lut_to_dense"}),
     "ios18-pal4-kmeans-grouped": Config(
         "iOS18", [_palettize(nbits=4, mode="kmeans", granularity="per_grouped_channel", group_size=4)],
-        {"constexpr_lut_to_dense"}, needs_sklearn=True),
+        {"constexpr_lut_to_dense"}),
     "ios18-pal2-vector-axis0": Config("iOS18", [_palettize(mode="unique", cluster_dim=2)],
                                       {"constexpr_lut_to_dense"}, lattice=4),
     "ios18-pal2-vector-axis1": Config("iOS18", [_palettize(mode="unique", cluster_dim=2, channel_axis=1)],
@@ -243,10 +239,7 @@ def _run_config(config: Config, kind: str, cin: int, cout: int, seed: int, preci
     np.testing.assert_allclose(got, expected.astype(np.float64), **tol)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.skipif(config.needs_sklearn and not HAVE_SKLEARN,
-                                                reason="k-means palettization needs scikit-learn"))
-    for name, config in CONFIGS.items()])
+@pytest.mark.parametrize("name", list(CONFIGS))
 @settings(max_examples=EXAMPLES, phases=NO_SHRINK)
 @given(kind=st.sampled_from(["linear", "conv1d", "conv2d"]), cin=st.sampled_from([8, 16, 24]),
        cout=st.sampled_from([8, 16, 24, 32]), seed=st.integers(0, 2**16), precision=st.sampled_from(["fp32", "fp16"]))

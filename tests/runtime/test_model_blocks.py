@@ -37,7 +37,6 @@ from conversions.runtime import load_model
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = [("iOS17", "fp16"), ("iOS17", "fp32"), ("iOS18", "fp16"), ("iOS18", "fp32")]
 BOUNDS = {"fp32": dict(psnr=100.0, quality=0.9999), "fp16": dict(psnr=50.0, quality=0.98)}
-NUMPY_2_4 = tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 4)
 NEMO_REASON = "NeMo (nemo_toolkit[asr]) is not installed: the models extra, pip install -e .[models]"
 KOKORO_REASON = "kokoro is not installed: the models extra, pip install -e .[models]"
 
@@ -166,9 +165,6 @@ def test_parakeet_component_matches_torch(inv, parakeet, name, target, precision
 @pytest.mark.parametrize("target, precision", VARIANT_PARAMS)
 @pytest.mark.parametrize("name", ["preprocessor", "encoder_streaming"])
 def test_parakeet_eou_component_matches_torch(inv, parakeet_eou, name, target, precision):
-    if name == "encoder_streaming" and NUMPY_2_4:
-        pytest.skip("NeMo's cache-aware forward does not convert with NumPy >= 2.4 and coremltools 9.0 "
-                    "(int() of a 1-element array, see test_traced_sizes_as_ints_fail_to_convert_with_numpy_2_4)")
     check_component(inv, parakeet_eou[f"parakeet_eou.{name}"], target, precision)
 
 

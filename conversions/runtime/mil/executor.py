@@ -28,7 +28,7 @@ PRECISIONS = ("fp16", "fp32")
 UNSUPPORTED_CONTROL_FLOW = {"cond", "while_loop"}
 
 
-def to_runtime(value: Any, type_: TensorType | None) -> Any:
+def to_runtime(value: Any) -> Any:
     """A constant read from the program as the kernels receive it (see the kernel contract in ``ops``)."""
     if value is None or isinstance(value, str):
         return value
@@ -146,7 +146,7 @@ class Executor:
         if op.op_type == "const":
             (binding,) = op.inputs["val"]
             # Stored values are already exactly representable in their declared type: no rounding needed.
-            self.constants[op.outputs[0].name] = to_runtime(binding.value, op.outputs[0].type)
+            self.constants[op.outputs[0].name] = to_runtime(binding.value)
             return
         kernel = self._kernel(op)
         const_kwargs: dict[str, Any] = {}
@@ -157,7 +157,7 @@ class Executor:
             items = []
             for b in bindings:
                 if b.var is None:
-                    items.append((False, to_runtime(b.value, None)))
+                    items.append((False, to_runtime(b.value)))
                 elif b.var in self.constants:
                     items.append((False, self.constants[b.var]))
                 elif b.var in self.slot_of:
