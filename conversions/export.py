@@ -1,0 +1,198 @@
+"""The export contract: trace, convert, record, cache, save atomically. One export path for every model family.
+
+- :func:`convert_traced` traces a torch module on fixed-shape example inputs and converts it to an ML Program
+  with the project's conventions: minimum deployment target iOS 17, traced and converted with ``CPU_ONLY``,
+  fp16 compute precision by default (fp32 as an option). The package's metadata records what was really used,
+  read back from the converted program (its compute precision, its specification version), plus the tool
+  versions.
+- :class:`ExportCache` keeps exported ``.mlpackage`` directories on disk, keyed by a hash of everything that
+  decides their content (:func:`export_key`): the converter's source file, the reference weights, the
+  conversion options and the coremltools/torch/numpy versions. An unchanged model is never re-exported across
+  runs. Exports are serialized per key with a file lock (one pytest-xdist worker exports, the others wait and
+  reuse) and written to a temporary directory that is renamed into place only when complete, so a run killed
+  mid-export never leaves a package that a later run trusts.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import inspect
+import json
+import os
+import platform
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PRECISIONS = ("fp16", "fp32")
+DEFAULT_TARGET = "iOS17"
+TRACE_COMPUTE_UNITS = "CPU_ONLY"
+METADATA_PREFIX = "coreml_parity."
+# Bump when the cache layout or the meaning of a key changes.
+CACHE_FORMAT = 1
+
+
+def convert_traced(module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor], output_names: Sequence[str], *,
+                   precision: str = "fp16", target: str = DEFAULT_TARGET, metadata: Mapping[str, str] | None = None):
+    """Trace ``module`` on ``example_inputs`` (input name -> tensor, in ``forward`` order) and convert it.
+
+    Returns an in-memory ``ct.models.MLModel`` (ML Program) whose inputs carry the given names and fixed shapes
+    and whose outputs carry ``output_names``. Float inputs are declared float32, integer inputs int32.
+    """
+    import coremltools as ct
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    module = module.eval()
+    names = list(example_inputs)
+    tensors = tuple(example_inputs.values())
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-int shapes: the shapes are fixed on purpose
+        traced = torch.jit.trace(module, tensors)
+        mlmodel = ct.convert(
+            traced,
+            inputs=[ct.TensorType(name=n, shape=tuple(x.shape), dtype=np.float32 if x.is_floating_point() else np.int32)
+                    for n, x in zip(names, tensors)],
+            outputs=[ct.TensorType(name=n) for n in output_names],
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, target),
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            compute_units=getattr(ct.ComputeUnit, TRACE_COMPUTE_UNITS),
+        )
+    record_metadata(mlmodel, {**(metadata or {}), "requested_precision": precision, "requested_target": target})
+    return mlmodel
+
+
+def record_metadata(mlmodel, extra: Mapping[str, str]) -> None:
+    """Write ``coreml_parity.*`` keys into the model's user-defined metadata: ``extra``, the tool versions, and
+    what the converted program really is (``compute_precision`` from its value types, ``deployment_target``
+    from its specification version)."""
+    import coremltools as ct
+
+    from .inspect_model import summarize
+    from .runtime import load_model
+
+    summary = summarize(load_model(mlmodel, backend="mil"))
+    values = {
+        **{k: str(v) for k, v in extra.items()},
+        "compute_precision": summary.precision,
+        "deployment_target": summary.deployment_target,
+        "traced_compute_units": TRACE_COMPUTE_UNITS,
+        "coremltools_version": ct.__version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+    }
+    for key, value in values.items():
+        mlmodel.user_defined_metadata[METADATA_PREFIX + key] = value
+
+
+def package_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``coreml_parity.*`` metadata of a saved package (prefix stripped), read from its protobuf."""
+    from .runtime.package import open_package
+
+    spec = open_package(path).spec
+    return {k.removeprefix(METADATA_PREFIX): v for k, v in spec.description.metadata.userDefined.items()
+            if k.startswith(METADATA_PREFIX)}
+
+
+# ---- cache keys ------------------------------------------------------------------------------------------
+def file_digest(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """Hash of a module's parameters and buffers (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    import coremltools as ct
+
+    return {"coremltools": ct.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def export_key(converter: Callable, weights: str, options: Mapping[str, object]) -> str:
+    """Hex digest identifying an export: the source file defining ``converter`` (any change to it, or to this
+    export path, re-exports), the weights digest, the options and the tool versions."""
+    # inspect_model decides the metadata recorded in each package (its compute precision, its target).
+    from . import inspect_model
+
+    sources = {Path(inspect.getsourcefile(converter)).name: file_digest(inspect.getsourcefile(converter)),
+               Path(__file__).name: file_digest(__file__),
+               Path(inspect_model.__file__).name: file_digest(inspect_model.__file__)}
+    payload = {"format": CACHE_FORMAT, "converter": f"{converter.__module__}.{converter.__qualname__}",
+               "sources": sources, "weights": weights, "options": dict(sorted(options.items())),
+               "versions": tool_versions()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---- the on-disk cache -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportedPackage:
+    path: Path
+    key: str
+    reused: bool  # True when this run found it in the cache
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+class ExportCache:
+    """``.mlpackage`` directories under ``directory``, named ``<name>-<key[:16]>.mlpackage``.
+
+    A package is trusted only if its final directory exists and holds a ``Manifest.json``: the final name is
+    created by one ``os.rename`` of a fully saved temporary directory, so it exists only when complete.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def path_for(self, name: str, key: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"export name must be a plain file name, got {name!r}")
+        return self.directory / f"{name}-{key[:16]}.mlpackage"
+
+    def get_or_export(self, name: str, key: str, build: Callable[[], object]) -> ExportedPackage:
+        """The cached package for (``name``, ``key``), exporting it with ``build() -> MLModel`` if missing."""
+        from filelock import FileLock
+
+        final = self.path_for(name, key)
+        if _complete(final):
+            return ExportedPackage(final, key, reused=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(final.with_suffix(".lock"))):
+            if _complete(final):  # another process exported it while we waited
+                return ExportedPackage(final, key, reused=True)
+            # Whoever held the lock before us and left these is dead: nobody writes them without the lock.
+            for stale in self.directory.glob(glob.escape(f".tmp-{final.stem}-") + "*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if final.exists():  # not complete: a copy or an older, non-atomic writer
+                shutil.rmtree(final)
+            tmp = self.directory / f".tmp-{final.stem}-{os.getpid()}-{uuid.uuid4().hex[:8]}.mlpackage"
+            try:
+                build().save(str(tmp))
+                if not _complete(tmp):
+                    raise RuntimeError(f"saving {name} produced no {tmp / 'Manifest.json'}")
+                os.rename(tmp, final)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        return ExportedPackage(final, key, reused=False)
+
+
+def _complete(path: Path) -> bool:
+    return (path / "Manifest.json").is_file()

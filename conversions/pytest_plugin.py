@@ -1,0 +1,247 @@
+"""pytest plugin of the parity suite (loaded by the repository's ``conftest.py``).
+
+Options:
+  ``--backend LIST``     narrow the variants: ``mil``, ``coreml`` or variant ids (``mil-fp16,coreml-all-fp16``)
+  ``--export-dir DIR``   the export cache (default ``<rootdir>/.cache/exports``)
+  ``--report-dir DIR``   where ``<model>/metadata.json`` and the plots go (default ``<rootdir>/build/report``)
+
+Parametrization: any test taking ``parity_case`` runs once per (model family, component, variant) declared in
+:mod:`conversions.registry`, with ids like ``silero-vad/unified-36ms/mil-fp16``; ``parity_component`` once per
+(family, component); ``parity_export`` once per (family, component, program precision); ``parity_family`` once per
+family. The ``parity`` session fixture exports each (family, component, precision) once per session and reuses
+the on-disk cache across sessions; parity tests hand it their results, and at the end of the session the
+controller process (also under pytest-xdist) writes the report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from . import registry
+
+RECORDS_ENV = "COREML_PARITY_RECORDS_DIR"
+GENERATED_IDS = pytest.StashKey[set]()
+REPORT_PATHS = pytest.StashKey[list]()
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    family: registry.ModelFamily
+    component: registry.Component
+    variant: registry.Variant
+
+    @property
+    def id(self) -> str:
+        return f"{self.family.name}/{self.component.name}/{self.variant.id}"
+
+
+# ---- options -----------------------------------------------------------------------------------------------
+def pytest_addoption(parser):
+    group = parser.getgroup("coreml-parity")
+    group.addoption("--backend", default=None, metavar="LIST",
+                    help="run parity tests only on these backends (mil, coreml) or variant ids (e.g. mil-fp16), "
+                         "comma-separated; default: all (coreml variants skip off macOS)")
+    group.addoption("--export-dir", default=None, metavar="DIR",
+                    help="export cache directory (default: <rootdir>/.cache/exports)")
+    group.addoption("--report-dir", default=None, metavar="DIR",
+                    help="parity report directory (default: <rootdir>/build/report)")
+
+
+def selected_variants(config) -> tuple[registry.Variant, ...]:
+    try:
+        return registry.select_variants(config.getoption("--backend"))
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def export_dir(config) -> Path:
+    value = config.getoption("--export-dir")
+    return Path(value).resolve() if value else Path(config.rootpath) / ".cache" / "exports"
+
+
+def report_dir(config) -> Path:
+    value = config.getoption("--report-dir")
+    return Path(value).resolve() if value else Path(config.rootpath) / "build" / "report"
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config):
+    selected_variants(config)  # a bad --backend fails at startup
+    config.stash[GENERATED_IDS] = set()
+    if not _is_worker(config):
+        # xdist workers start after this and inherit the environment: all processes write to one directory.
+        os.environ[RECORDS_ENV] = str(report_dir(config) / ".records" / uuid.uuid4().hex)
+
+
+# ---- parametrization -----------------------------------------------------------------------------------------
+def pytest_generate_tests(metafunc):
+    families = registry.families()
+    name = metafunc.function.__name__
+    if "parity_case" in metafunc.fixturenames:
+        cases = [ParityCase(f, c, v) for f in families for c in f.components for v in selected_variants(metafunc.config)]
+        metafunc.parametrize("parity_case", cases, ids=[c.id for c in cases])
+        metafunc.config.stash[GENERATED_IDS].update(f"{name}[{c.id}]" for c in cases)
+    if "parity_upstream" in metafunc.fixturenames:
+        pairs = [(f, c) for f in families for c in f.components if c.upstream is not None]
+        metafunc.parametrize("parity_upstream", pairs, ids=[f"{f.name}/{c.name}" for f, c in pairs])
+    if "parity_export" in metafunc.fixturenames:
+        triples = [(f, c, p) for f in families for c in f.components for p in registry.PRECISIONS]
+        metafunc.parametrize("parity_export", triples, ids=[f"{f.name}/{c.name}/{p}" for f, c, p in triples])
+    if "parity_family" in metafunc.fixturenames:
+        metafunc.parametrize("parity_family", families, ids=[f.name for f in families])
+
+
+# ---- the session: export once, load once, stream the reference once ------------------------------------------
+class ParitySession:
+    """Everything parity tests share within a session, each built on first use."""
+
+    def __init__(self, config):
+        from .export import ExportCache
+
+        self.config = config
+        self.cache = ExportCache(export_dir(config))
+        self.records_dir = Path(os.environ.get(RECORDS_ENV) or report_dir(config) / ".records" / "local")
+        self._memo: dict = {}
+
+    def _once(self, key, build):
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
+    def reference(self, family: registry.ModelFamily):
+        """The family's torch model and the digest of its weights."""
+        from .export import weights_digest
+
+        def build():
+            model = family.build_reference()
+            return model, weights_digest(model)
+
+        return self._once(("reference", family.name), build)
+
+    def clip(self, family: registry.ModelFamily) -> np.ndarray:
+        return self._once(("clip", family.name), family.load_clip)
+
+    def package(self, family, component, precision: str):
+        """The exported ``.mlpackage`` (:class:`conversions.export.ExportedPackage`), from the cache if unchanged."""
+        from .export import DEFAULT_TARGET, export_key
+
+        def build():
+            model, weights = self.reference(family)
+            key = export_key(component.convert, weights, {"family": family.name, "component": component.name,
+                                                          "precision": precision, "target": DEFAULT_TARGET})
+            return self.cache.get_or_export(f"{family.name}-{component.name}-{precision}", key,
+                                            lambda: component.convert(model, precision))
+
+        return self._once(("package", family.name, component.name, precision), build)
+
+    def model(self, case: ParityCase):
+        """The component's package loaded on the case's backend."""
+        from .runtime import load_model
+
+        v = case.variant
+        path = self.package(case.family, case.component, v.program_precision).path
+        if v.backend == "coreml":
+            return self._once(("model", case.id), lambda: load_model(path, backend="coreml",
+                                                                     compute_units=v.compute_units))
+        return self._once(("model", case.id), lambda: load_model(path, backend="mil", precision=v.runtime_precision))
+
+    def clip_feeds(self, family, component) -> list[dict]:
+        return self._once(("feeds", family.name, component.name),
+                          lambda: component.clip_feeds(self.reference(family)[0], self.clip(family)))
+
+    def torch_clip_stream(self, family, component):
+        """The torch reference streamed over the clip (:class:`conversions.parity.StreamResult`)."""
+        from .parity import run_stream, torch_runner
+
+        def build():
+            module = component.reference(self.reference(family)[0])
+            return run_stream(torch_runner(module, component.inputs, component.outputs),
+                              self.clip_feeds(family, component), component.state, component.initial_state())
+
+        return self._once(("torch-stream", family.name, component.name), build)
+
+    def record(self, request, case: ParityCase, kind: str, checks, *, calls: int, task=None, task_bounds=None,
+               failure: str | None = None, started: float, series: dict | None = None) -> None:
+        """Hand one result to the report."""
+        from .export import DEFAULT_TARGET
+        from .report import write_record
+
+        model = self.model(case)
+        package = self.package(case.family, case.component, case.variant.program_precision)
+
+        match = all(c.passed for c in checks) and failure is None
+        record = {
+            "test_id": request.node.nodeid, "model": case.family.name, "component": case.component.name,
+            "test": kind, "variant": case.variant.id, "backend": case.variant.backend,
+            "compute_units": case.variant.compute_units, "precision": case.variant.program_precision,
+            "runtime_precision": case.variant.runtime_precision, "target": DEFAULT_TARGET,
+            "inputs": [_spec(s) for s in model.inputs], "outputs": [_spec(s) for s in model.outputs],
+            "calls": calls,
+            "metrics": {c.name: c.metrics for c in checks},
+            "bounds": {c.name: c.bound.as_dict() for c in checks},
+            "task_metrics": dict(task or {}), "task_bounds": dict(task_bounds or {}),
+            "match": match, "failure": failure,
+            "package": str(package.path), "package_size_bytes": package.size_bytes, "cache_key": package.key,
+            "package_source": "cache" if package.reused else "exported",  # by this process, this session
+            "duration_s": round(time.perf_counter() - started, 3),
+        }
+        if series:
+            record["series"] = series
+        write_record(self.records_dir, record)
+
+
+def _spec(spec) -> dict:
+    return {"name": spec.name, "shape": list(spec.shape), "dtype": np.dtype(spec.dtype).name}
+
+
+@pytest.fixture(scope="session")
+def parity(pytestconfig) -> ParitySession:
+    return ParitySession(pytestconfig)
+
+
+def skip_unless_runnable(variant: registry.Variant) -> None:
+    """Skip a Core ML variant where Apple's runtime is missing (everything else runs everywhere)."""
+    from .runtime import coreml_available
+
+    if variant.backend == "coreml" and not coreml_available():
+        pytest.skip(f"{variant.id}: Apple's Core ML runtime runs on macOS only (this is {sys.platform}); "
+                    f"the mil-* variants check the same package here")
+
+
+# ---- the report ---------------------------------------------------------------------------------------------
+def pytest_sessionfinish(session):
+    config = session.config
+    if _is_worker(config) or RECORDS_ENV not in os.environ:
+        return
+    from .report import build_reports, read_records
+
+    records_dir = Path(os.environ[RECORDS_ENV])
+    records = read_records(records_dir)
+    if records:
+        config.stash[REPORT_PATHS] = build_reports(records, report_dir(config), None)
+    shutil.rmtree(records_dir, ignore_errors=True)
+    try:
+        records_dir.parent.rmdir()  # only if no other session's records are there
+    except OSError:
+        pass
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    paths = config.stash.get(REPORT_PATHS, [])
+    metadata = [p for p in paths if Path(p).name == "metadata.json"]
+    if metadata:
+        terminalreporter.write_sep("-", "coreml-parity report")
+        for p in metadata:
+            terminalreporter.write_line(f"{p}  (+ plots in {Path(p).parent})")

@@ -1,0 +1,520 @@
+"""The parity suite's report: per-test records during the run, then per model ``metadata.json`` and plots.
+
+Why two stages: parity tests may run in several pytest-xdist worker processes, and only the controller process
+sees the whole session. So each test writes one small JSON **record** into a shared directory
+(:func:`write_record`, atomic, uniquely named, safe from any number of processes), and at the end of the session
+the controller reads them all (:func:`read_records`) and writes the report (:func:`build_reports`).
+
+Records and ``metadata.json`` are JSON with one extension: float infinities and NaNs are written as the bare
+tokens ``Infinity``, ``-Infinity`` and ``NaN`` (Python's ``json`` module writes and reads them by default).
+They are kept, not nulled or stringified, because "the error was infinite" is a real result (e.g. an fp16
+overflow) that a reader must see as a number. Strict parsers (JavaScript's ``JSON.parse``, ``jq``) reject these
+tokens; read the files with Python's ``json`` or a lenient parser. numpy (and torch) scalars and arrays in a
+record are stored as plain numbers and lists (through their ``tolist()``), paths as strings.
+
+``metadata.json`` schema (``schema_version`` 1), one file per model at ``<report_dir>/<model>/metadata.json``::
+
+    {
+      "schema_version": 1,
+      "model": "silero-vad",
+      "generated_at": "2025-01-31T12:00:00+00:00",   # UTC, ISO 8601, when the report was built
+      "git_commit": "46d0c57...",                     # HEAD of the source checkout; null outside git
+      "git_dirty": false,                             # uncommitted or untracked changes; null outside git
+      "platform": {"platform": "Linux-6.8-x86_64-with-glibc2.39", "system": "Linux",
+                   "machine": "x86_64", "python": "3.11.9"},
+      "tool_versions": {"coremltools": "9.0", "torch": "2.13.0", "numpy": "2.2.6",
+                        "silero-vad": "6.2.3", "pytest": "9.2.0"},   # null when not installed
+      "summary": {
+        "results": 8,                 # number of records of this model
+        "matched": 7,                 # records with "match": true
+        "failed": 1,                  # all others (results - matched)
+        "components": ["unified-36ms", ...],   # sorted, distinct
+        "variants": ["coreml-fp16", "mil-fp16", ...]   # sorted, distinct
+      },
+      "results": [ <record>, ... ]    # sorted by (model, component, test, variant, test_id)
+    }
+
+Each result is the record as the parity test wrote it, minus its optional ``series`` (per-call output traces,
+which go into the plots only, to keep the metadata small)::
+
+    {
+      "test_id": "tests/test_parity.py::test_parity[silero-vad/unified-36ms/mil-fp16]",
+      "model": "silero-vad", "component": "unified-36ms",
+      "test": "clip" | "random",      # a streamed real clip, or one hypothesis-generated case set
+      "variant": "mil-fp16",          # backend-precision id used in the test ids
+      "backend": "mil" | "coreml", "compute_units": "CPU_ONLY" | "CPU_AND_NE" | "ALL" | null (mil),
+      "precision": "fp16" | "fp32",   # the program's compute precision (what the package holds)
+      "runtime_precision": "fp16" | "fp32",
+      "target": "iOS17",
+      "inputs":  [{"name": "audio_input", "shape": [1, 576], "dtype": "float32"}, ...],
+      "outputs": [{"name": "probability", "shape": [1, 1, 1], "dtype": "float16"}, ...],
+      "calls": 326,                   # predictions compared
+      "metrics": {"<output>": {"max_abs": ..., "max_rel": ..., "psnr_db": ..., "quality": ..., "allclose": ...}},
+      "bounds":  {"<output>": {"atol": ..., "rtol": ..., "psnr_min_db": ..., "why": "..."}},
+      "task_metrics": {"decision_agreement": 1.0, "segment_f1": 1.0} | {},
+      "task_bounds": {"decision_agreement": 0.99, "segment_f1": 0.9} | {},
+      "match": true,
+      "failure": "text" | null,
+      "package": "/abs/path/x.mlpackage", "package_size_bytes": 1234567, "cache_key": "ab12...",
+      "package_source": "exported" | "cache",   # exported by this session, or reused from the export cache
+      "duration_s": 1.23
+    }
+
+Plots, next to ``metadata.json`` (PNG, ~100 dpi):
+
+- ``probability_<component>_<variant>.png`` for each record whose ``series`` has a ``probability`` trace in both
+  ``reference`` and ``candidate``: top, torch's and the converted model's speech probability per chunk against
+  time (chunk index x ``series["step_ms"]``) with the 0.5 decision threshold; bottom, their difference.
+- ``error_summary.png``: one horizontal bar per (component, variant) of the clip records (all records when there
+  are none): the max absolute error of that record's worst output (failing first, then the largest
+  ``max_abs / atol``) on a log axis, the output's ``atol`` bound as a black tick, green when the record matched and
+  red when it did not. The tick label names the output and its value; an infinite or NaN error is a hatched bar
+  to the axis edge, an exact 0 (no bar on a log axis) or a record without metrics a dot at the axis start.
+
+A plot is replaced only when this run produces it; plots from earlier runs stay. ``metadata.json`` is always
+replaced whole.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import uuid
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+METADATA_SCHEMA_VERSION = 1
+
+# Distribution names, as importlib.metadata knows them.
+TOOLS = ("coremltools", "torch", "numpy", "silero-vad", "pytest")
+
+SORT_KEYS = ("model", "component", "test", "variant", "test_id")
+PROBABILITY_THRESHOLD = 0.5
+PLOT_DPI = 100
+_MATCH_COLOR, _MISMATCH_COLOR = "#2ca02c", "#d62728"
+
+# A model name becomes a directory: one plain path component, nothing that could climb out of report_dir.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_SLUG = 120  # keeps uuid + slug + temp-file decorations under the usual 255-byte file-name limit
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON and atomic files
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy and torch scalars/arrays both have tolist(); numpy's float64 needs nothing (it subclasses float).
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"{type(obj).__module__}.{type(obj).__qualname__} is not JSON-serializable")
+
+
+def _find_unserializable(obj: Any, where: str, _open: frozenset = frozenset()) -> str | None:
+    """Where in ``obj`` the first value that :func:`_dumps` cannot encode sits, e.g. ``record['metrics']['x']``."""
+    if isinstance(obj, (dict, list, tuple)):
+        if id(obj) in _open:
+            return f"{where} (circular reference)"
+        _open = _open | {id(obj)}
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for key, value in items:
+            if isinstance(obj, dict) and not isinstance(key, (str, int, float, bool)) and key is not None:
+                return f"{where} (key {key!r} of type {type(key).__name__})"
+            found = _find_unserializable(value, f"{where}[{key!r}]", _open)
+            if found:
+                return found
+        return None
+    try:
+        json.dumps(obj, default=_json_default)
+    except (TypeError, ValueError):
+        return f"{where} ({type(obj).__name__})"
+    return None
+
+
+def _dumps(obj: Any, what: str, **kwargs) -> str:
+    try:
+        return json.dumps(obj, default=_json_default, allow_nan=True, **kwargs)
+    except (TypeError, ValueError) as e:
+        where = _find_unserializable(obj, what) or what
+        raise ValueError(f"{where} is not JSON-serializable: {e}") from e
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports unreadable to other users of a shared runner
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _slug(text: str) -> str:
+    return _UNSAFE_FILENAME_CHARS.sub("_", text).strip("_")[:_MAX_SLUG]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records
+
+
+def write_record(records_dir: Path, record: dict) -> Path:
+    """Store one parity-test ``record`` as a new JSON file in ``records_dir`` (created if missing); return its path.
+
+    Safe to call concurrently from any number of processes: every call writes a differently named file (a uuid4,
+    plus the sanitized ``record["test_id"]`` when present, for people browsing the directory), through a temp
+    file renamed into place, so :func:`read_records` never sees a partial record.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"record must be a dict, got {type(record).__name__}")
+    test_id = record.get("test_id")
+    text = _dumps(record, f"record {test_id!r}" if test_id else "record")
+    records_dir = Path(records_dir)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    name = uuid.uuid4().hex
+    if test_id:
+        name += "-" + _slug(str(test_id))
+    path = records_dir / f"{name}.json"
+    _atomic_write(path, text.encode("utf-8"))
+    return path
+
+
+def _sort_key(record: dict) -> tuple[str, ...]:
+    return tuple("" if record.get(k) is None else str(record.get(k)) for k in SORT_KEYS)
+
+
+def read_records(records_dir: Path) -> list[dict]:
+    """All records in ``records_dir``, sorted by (model, component, test, variant, test_id).
+
+    A missing directory means no parity test wrote a record: the result is empty. Hidden files (which include
+    :func:`write_record`'s temp files) and files not ending in ``.json`` are ignored. A file that is not a JSON
+    object raises ``ValueError`` naming it.
+    """
+    records_dir = Path(records_dir)
+    if not records_dir.is_dir():
+        return []
+    records = []
+    for path in sorted(records_dir.iterdir()):
+        if path.name.startswith(".") or path.suffix != ".json" or not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"corrupt record file {path}: {e}") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"corrupt record file {path}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    records.sort(key=_sort_key)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run information
+
+
+def _git(repo_dir: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):  # no git, no such directory, hung
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _tool_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def run_info(repo_dir: Path | None = None) -> dict:
+    """Where and with what this run happened: time, git state, platform, tool versions. Never raises.
+
+    ``repo_dir`` defaults to the checkout holding this module; ``git_commit`` and ``git_dirty`` are None when git
+    is missing or ``repo_dir`` is not in a git work tree (e.g. an installed wheel). ``git_dirty`` counts untracked
+    files as changes, as ``git status --porcelain`` does.
+    """
+    if repo_dir is None:
+        repo_dir = Path(__file__).resolve().parent.parent
+    head = _git(Path(repo_dir), "rev-parse", "HEAD")
+    commit = head.strip() if head is not None and head.strip() else None
+    dirty = None
+    if commit is not None:
+        status = _git(Path(repo_dir), "status", "--porcelain")
+        dirty = None if status is None else bool(status.strip())
+    return {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "platform": {
+            "platform": platform.platform(),
+            "system": platform.system(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+        },
+        "tool_versions": {name: _tool_version(name) for name in TOOLS},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def _check_model(record: Any, index: int) -> str:
+    if not isinstance(record, dict):
+        raise ValueError(f"records[{index}] must be a dict, got {type(record).__name__}")
+    model = record.get("model")
+    if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
+        raise ValueError(f"records[{index}] (test_id {record.get('test_id')!r}): 'model' must be a plain name "
+                         f"matching {_MODEL_NAME.pattern} (it names the report directory), got {model!r}")
+    return model
+
+
+def _summary(records: list[dict]) -> dict:
+    matched = sum(1 for r in records if r.get("match") is True)
+    return {
+        "results": len(records),
+        "matched": matched,
+        "failed": len(records) - matched,
+        "components": sorted({str(r.get("component")) for r in records}),
+        "variants": sorted({str(r.get("variant")) for r in records}),
+    }
+
+
+def build_reports(records: list[dict], report_dir: Path, info: dict | None = None) -> list[Path]:
+    """Write ``<report_dir>/<model>/metadata.json`` and the plots for every model in ``records``.
+
+    ``info`` is :func:`run_info`'s dict (computed here when None). Returns the paths written, metadata first for
+    each model. See the module docstring for the files and their schema.
+    """
+    by_model: dict[str, list[dict]] = {}
+    for i, record in enumerate(records):
+        by_model.setdefault(_check_model(record, i), []).append(record)
+    if info is None:
+        info = run_info()
+    report_dir = Path(report_dir)
+    written: list[Path] = []
+    for model in sorted(by_model):
+        model_records = sorted(by_model[model], key=_sort_key)
+        model_dir = report_dir / model
+        model_dir.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            "schema_version": METADATA_SCHEMA_VERSION,
+            "model": model,
+            "generated_at": info.get("generated_at"),
+            "git_commit": info.get("git_commit"),
+            "git_dirty": info.get("git_dirty"),
+            "platform": info.get("platform"),
+            "tool_versions": info.get("tool_versions"),
+            "summary": _summary(model_records),
+            "results": [{k: v for k, v in r.items() if k != "series"} for r in model_records],
+        }
+        path = model_dir / "metadata.json"
+        _atomic_write(path, (_dumps(metadata, f"metadata of {model!r}", indent=2) + "\n").encode("utf-8"))
+        written.append(path)
+        written.extend(_plot_probabilities(model, model_records, model_dir))
+        written.append(_plot_error_summary(model, model_records, model_dir))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _new_figure(width: float, height: float):
+    # A bare Figure with the Agg canvas: no pyplot, so no GUI backend is ever touched and no global figure state
+    # (and no matplotlib.use() that would switch the backend of a process that already imported pyplot).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=PLOT_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=PLOT_DPI, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _per_chunk(values: Any, what: str):
+    """``values`` as a 1-D float array with one value per chunk: accepts shape (n,) or (n, 1, ..., 1)."""
+    import numpy as np
+
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be numbers, one per chunk: {e}") from e
+    if arr.ndim == 0 or arr.reshape(arr.shape[0], -1).shape[1] != 1:
+        raise ValueError(f"{what} must hold one probability per chunk, shape (n,) or (n, 1, ...), got {arr.shape}")
+    return arr.reshape(-1)
+
+
+def _probability_series(record: dict):
+    """(reference, candidate, step_ms) of a record's probability traces, or None if it has none."""
+    series = record.get("series")
+    if not isinstance(series, dict):
+        return None
+    reference, candidate = series.get("reference") or {}, series.get("candidate") or {}
+    if "probability" not in reference or "probability" not in candidate:
+        return None
+    name = f"series of {record.get('test_id') or record.get('component')!r}"
+    ref = _per_chunk(reference["probability"], f"{name}: reference['probability']")
+    cand = _per_chunk(candidate["probability"], f"{name}: candidate['probability']")
+    if ref.shape != cand.shape:
+        raise ValueError(f"{name}: reference and candidate probability differ in length: {ref.size} vs {cand.size}")
+    step_ms = series.get("step_ms")
+    if isinstance(step_ms, bool) or not isinstance(step_ms, (int, float)) or not (math.isfinite(step_ms) and step_ms > 0):
+        raise ValueError(f"{name}: step_ms must be a positive number of milliseconds, got {step_ms!r}")
+    return ref, cand, float(step_ms)
+
+
+def _plot_probabilities(model: str, records: list[dict], model_dir: Path) -> list[Path]:
+    import numpy as np
+
+    chosen: dict[tuple[str, str], tuple[dict, tuple]] = {}
+    for record in records:
+        traces = _probability_series(record)
+        if traces is None:
+            continue
+        key = (str(record.get("component")), str(record.get("variant")))
+        if key in chosen:
+            # The plugin gives series to one record per (component, variant); if not, keep the first clip one.
+            previous = chosen[key][0]
+            replace = previous.get("test") != "clip" and record.get("test") == "clip"
+            plotted, dropped = (record, previous) if replace else (previous, record)
+            warnings.warn(f"{model}: several records of {key[0]}/{key[1]} carry a probability series; plotting "
+                          f"{plotted.get('test_id')!r}, not {dropped.get('test_id')!r}", stacklevel=3)
+            if not replace:
+                continue
+        chosen[key] = (record, traces)
+
+    paths = []
+    for (component, variant), (record, (ref, cand, step_ms)) in sorted(chosen.items()):
+        t = np.arange(ref.size) * step_ms / 1000.0
+        fig = _new_figure(8.0, 4.8)
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+        top.plot(t, ref, color="#1f77b4", linewidth=1.0, label="torch (reference)")
+        top.plot(t, cand, color="#ff7f0e", linewidth=1.0, linestyle=(0, (4, 2)), label=f"converted ({variant})")
+        top.axhline(PROBABILITY_THRESHOLD, color="gray", linestyle="--", linewidth=0.8,
+                    label=f"threshold {PROBABILITY_THRESHOLD}")
+        finite = np.concatenate([ref, cand])
+        finite = finite[np.isfinite(finite)]
+        # Never clip a converted output that left [0, 1]: that would hide exactly the bug the plot is for.
+        lo = min(-0.02, float(finite.min())) if finite.size else -0.02
+        hi = max(1.02, float(finite.max())) if finite.size else 1.02
+        top.set_ylim(lo, hi)
+        top.set_ylabel("speech probability")
+        top.legend(loc="upper right", fontsize=8)
+        bottom.plot(t, cand - ref, color="#d62728", linewidth=0.8)
+        bottom.axhline(0.0, color="gray", linewidth=0.6)
+        bottom.set_ylabel("converted − torch")
+        bottom.set_xlabel("time (s)")
+        match = "match" if record.get("match") is True else "MISMATCH"
+        fig.suptitle(f"{model} · {component} · {variant}: speech probability per chunk "
+                     f"({record.get('test')}, {ref.size} chunks, {match})", fontsize=10)
+        fig.tight_layout()
+        paths.append(_save_figure(fig, model_dir / f"probability_{_slug(component)}_{_slug(variant)}.png"))
+    return paths
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _worst_output(record: dict) -> tuple[str, float | None, float | None] | None:
+    """(output, max_abs, atol) of the record's worst output, or None when it has no metrics.
+
+    Worst = failing allclose first, then the largest max_abs / atol (outputs differ in scale, so the ratio to their
+    own bound, not max_abs alone, says which one is closest to failing), then the largest max_abs.
+    """
+    metrics, bounds = record.get("metrics") or {}, record.get("bounds") or {}
+    best = None
+    for output, m in metrics.items():
+        if not isinstance(m, dict):
+            continue
+        max_abs = _as_float(m.get("max_abs"))
+        atol = _as_float((bounds.get(output) or {}).get("atol"))
+        err = math.inf if max_abs is None or math.isnan(max_abs) else max_abs
+        if atol is not None and atol > 0:
+            ratio = err / atol
+        else:
+            ratio = math.inf if err > 0 else 0.0
+        rank = (m.get("allclose") is False, ratio, err)
+        if best is None or rank > best[0]:
+            best = (rank, output, max_abs, atol)
+    return None if best is None else best[1:]
+
+
+def _plot_error_summary(model: str, records: list[dict], model_dir: Path) -> Path:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    chosen = [r for r in records if r.get("test") == "clip"] or records
+    rows = []  # (tick label, matched, max_abs, atol); values go into the tick label so no text overlaps a bar
+    for r in chosen:
+        label = f"{r.get('component')} / {r.get('variant')}"
+        if r.get("test") != "clip":
+            label += f" [{r.get('test')}]"
+        worst = _worst_output(r)
+        if worst is None:
+            rows.append((f"{label}\nno metrics", r.get("match") is True, None, None))
+            continue
+        output, max_abs, atol = worst
+        value = "missing" if max_abs is None else "0 (exact)" if max_abs == 0 else f"{max_abs:.2g}"
+        rows.append((f"{label}\n{output}: {value}", r.get("match") is True, max_abs, atol))
+
+    positive = [v for row in rows for v in row[2:] if v is not None and math.isfinite(v) and v > 0]
+    lo = 10 ** math.floor(math.log10(min(positive))) / 10 if positive else 1e-8
+    hi = 10 ** math.ceil(math.log10(max(positive))) * 10 if positive else 1.0
+
+    fig = _new_figure(8.0, 1.4 + 0.5 * len(rows))
+    ax = fig.subplots()
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    for y, (_label, matched, max_abs, atol) in enumerate(rows):
+        color = _MATCH_COLOR if matched else _MISMATCH_COLOR
+        if max_abs is not None and not math.isfinite(max_abs):
+            # inf / nan: a hatched bar to the edge of the axis, since there is no honest length for it
+            ax.barh(y, hi - lo, left=lo, height=0.6, color=color, hatch="//", edgecolor="black", linewidth=0.5)
+        elif max_abs is not None and max_abs > 0:
+            ax.barh(y, max_abs - lo, left=lo, height=0.6, color=color)
+        else:
+            # no bar exists on a log axis (exactly 0) or no value at all: a colored dot at the axis start still
+            # shows whether the record matched
+            ax.plot([lo], [y], marker="o", markersize=6, color=color, clip_on=False)
+        if atol is not None and atol > 0:
+            ax.plot([atol], [y], marker="|", markersize=16, markeredgewidth=2.5, color="black")
+    ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first record on top
+    ax.set_xlabel("max |converted − torch| of the worst output (log scale)")
+    ax.grid(axis="x", which="major", alpha=0.3)
+    which = "clip tests" if chosen is not records else "all tests (no clip test)"
+    ax.set_title(f"{model}: largest error per component / variant, {which}", fontsize=10)
+    ax.legend(handles=[Patch(color=_MATCH_COLOR, label="match"), Patch(color=_MISMATCH_COLOR, label="mismatch"),
+                       Patch(facecolor="white", edgecolor="black", hatch="//", label="inf / nan"),
+                       Line2D([], [], color="black", marker="|", linestyle="none", markersize=12,
+                              markeredgewidth=2.5, label="atol bound")],
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
+    fig.tight_layout()
+    return _save_figure(fig, model_dir / "error_summary.png")

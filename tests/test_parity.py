@@ -1,0 +1,149 @@
+"""The parity suite, generated from the model family declarations (``conversions/registry.py``).
+
+For every declared (model family, component, variant):
+
+- ``test_parity``: the converted component and its torch module, streamed call by call over the family's real
+  clip (each side carrying its own state), every output within its declared bound, task metrics above theirs;
+- ``test_parity_random``: the same on hypothesis-generated inputs (elementwise bounds per case, PSNR over all
+  cases);
+
+and per component or family: the torch reference against the upstream implementation, the metadata recorded in
+each exported package, and the coverage of every declaration. ``pytest -k silero`` selects one family,
+``-k unified-36ms`` one component, ``--backend mil`` one backend. Adding a model family needs no test here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from hypothesis import given
+
+from conversions import registry
+from conversions.export import DEFAULT_TARGET, TRACE_COMPUTE_UNITS, package_metadata
+from conversions.parity import (check_outputs, check_task, diagnose_fp16, failure_message, model_runner, run_stream,
+                                torch_runner, worst_check)
+from conversions.pytest_plugin import GENERATED_IDS, selected_variants, skip_unless_runnable
+
+
+def _diagnosis(parity, case, feeds) -> str | None:
+    """Trace diagnosis for fp16 programs (the package is the same whichever runtime ran it)."""
+    if case.variant.program_precision != "fp16":
+        return None
+    package = parity.package(case.family, case.component, "fp16").path
+    try:
+        return diagnose_fp16(package, feeds)
+    except Exception as e:  # the failure itself must still be reported
+        return f"(trace diagnosis failed: {type(e).__name__}: {e})"
+
+
+def test_parity(parity_case, parity, request):
+    """The component streamed over the real clip on one backend vs torch."""
+    skip_unless_runnable(parity_case.variant)
+    family, component, variant = parity_case.family, parity_case.component, parity_case.variant
+    started = time.perf_counter()
+    model = parity.model(parity_case)
+    reference = parity.torch_clip_stream(family, component)
+    got = run_stream(model_runner(model), parity.clip_feeds(family, component), component.state,
+                     component.initial_state())
+
+    checks = check_outputs(reference.outputs, got.outputs, component.bounds[variant.program_precision])
+    task, task_bounds, task_failures = {}, {}, []
+    if component.task_metric is not None:
+        task = component.task_metric(reference.outputs, got.outputs)
+        task_bounds = component.task_bounds[variant.program_precision]
+        task_failures = check_task(task, task_bounds)
+    failure = None
+    if task_failures or not all(c.passed for c in checks):
+        worst = worst_check(checks)
+        diagnosis = _diagnosis(parity, parity_case, got.feeds[worst.worst_call or 0])
+        failure = failure_message(f"{parity_case.id} (clip, {len(got.feeds)} calls)", checks, task_failures, diagnosis)
+    series = None
+    if component.step_ms and "probability" in got.outputs:
+        series = {"step_ms": component.step_ms,
+                  "reference": {"probability": reference.outputs["probability"].reshape(-1).tolist()},
+                  "candidate": {"probability": got.outputs["probability"].astype(np.float64).reshape(-1).tolist()}}
+    parity.record(request, parity_case, "clip", checks, calls=len(got.feeds), task=task, task_bounds=task_bounds,
+                  failure=failure, started=started, series=series)
+    assert failure is None, failure
+
+
+def test_parity_random(parity_case, parity, request):
+    """The component on hypothesis-generated inputs vs torch: every case within the elementwise bounds (a failing
+    case is shrunk and reported with its trace diagnosis), and the PSNR of all cases together above the floor."""
+    skip_unless_runnable(parity_case.variant)
+    family, component, variant = parity_case.family, parity_case.component, parity_case.variant
+    started = time.perf_counter()
+    reference_model, _ = parity.reference(family)
+    run_torch = torch_runner(component.reference(reference_model), component.inputs, component.outputs)
+    run_model = model_runner(parity.model(parity_case))
+    bounds = component.random_bounds[variant.program_precision]
+    per_case_bounds = {name: dataclasses.replace(b, psnr_min_db=float("-inf")) for name, b in bounds.items()}
+    seen: list[tuple[dict, dict]] = []
+
+    @given(feeds=component.random_inputs(reference_model))
+    def case_within_bounds(feeds):
+        expected, got = run_torch(feeds), run_model(feeds)
+        seen.append((expected, got))
+        checks = check_outputs({k: v[None] for k, v in expected.items()}, {k: v[None] for k, v in got.items()},
+                               per_case_bounds)
+        if not all(c.passed for c in checks):
+            inputs = ", ".join(f"{k} {v.shape} max|x| {np.abs(v).max():.3g}" for k, v in feeds.items())
+            raise AssertionError(failure_message(f"{parity_case.id} (one generated case: {inputs})", checks,
+                                                 diagnosis=_diagnosis(parity, parity_case, feeds)))
+
+    failure = None
+    try:
+        case_within_bounds()
+    except AssertionError as e:
+        failure = str(e)
+        raise
+    finally:
+        stacked_ref = {k: np.stack([e[k] for e, _ in seen]) for k in component.outputs} if seen else {}
+        stacked_got = {k: np.stack([g[k] for _, g in seen]) for k in component.outputs} if seen else {}
+        checks = check_outputs(stacked_ref, stacked_got, bounds) if seen else []
+        if failure is None and not all(c.passed for c in checks):
+            failure = failure_message(f"{parity_case.id} ({len(seen)} generated cases together)", checks)
+        parity.record(request, parity_case, "random", checks, calls=len(seen), failure=failure, started=started)
+    assert seen, "hypothesis generated no case"
+    assert failure is None, failure
+
+
+def test_reference_matches_upstream(parity_upstream, parity):
+    """Our torch module (what every converted component is compared with) vs the upstream implementation."""
+    family, component = parity_upstream
+    ours, upstream = component.upstream(parity.reference(family)[0], parity.clip(family))
+    diff = np.abs(np.asarray(ours, np.float64) - np.asarray(upstream, np.float64))
+    assert len(diff) >= 10, f"{family.name}/{component.name}: only {len(diff)} upstream values compared"
+    worst = int(diff.argmax())
+    assert diff.max() <= component.upstream_atol, (
+        f"{family.name}/{component.name}: torch reference vs upstream max |diff| {diff.max():.3g} at call {worst} "
+        f"(ours {ours[worst]:.6f}, upstream {upstream[worst]:.6f}) > {component.upstream_atol:g} "
+        f"({component.upstream_why})")
+
+
+def test_export_metadata(parity_export, parity):
+    """Each exported package says what it is, and what it says matches the program it holds."""
+    from conversions.inspect_model import summarize
+    from conversions.runtime import load_model
+
+    family, component, precision = parity_export
+    package = parity.package(family, component, precision)
+    recorded = package_metadata(package.path)
+    summary = summarize(load_model(package.path, backend="mil"))
+    assert recorded["model"] == family.name and recorded["component"] == component.name
+    assert recorded["requested_precision"] == precision
+    assert recorded["compute_precision"] == summary.precision == precision, (recorded, summary.precision)
+    assert recorded["deployment_target"] == summary.deployment_target == DEFAULT_TARGET
+    assert recorded["traced_compute_units"] == TRACE_COMPUTE_UNITS
+    assert [s.name for s in load_model(package.path, backend="mil").inputs] == list(component.inputs)
+    assert [s.name for s in load_model(package.path, backend="mil").outputs] == list(component.outputs)
+
+
+def test_every_declared_component_is_covered(parity_family, pytestconfig):
+    """Fails when a declared component would go unchecked: no parity tests on a portable variant, an output
+    without a bound, a task metric without minimums (the coverage test of optimum's exporter suite)."""
+    variants = [v for v in registry.PORTABLE_VARIANTS if v in selected_variants(pytestconfig)]
+    problems = registry.missing_coverage(parity_family, pytestconfig.stash[GENERATED_IDS], variants)
+    assert not problems, "\n".join(problems)
