@@ -20,6 +20,16 @@ from . import metrics
 from .registry import Bound
 
 Feeds = dict[str, np.ndarray]
+
+# Slack of the figures pinned in the snapshot baselines (tests/__snapshots__/). On the portable runtime a package's
+# figures are deterministic (same tools, same package); the slack absorbs what a harmless converter or tool change
+# moves (op order, the rounding of a scale), while a real degradation moves them by far more. An error may grow by
+# a tenth of its declared tolerance before the baseline gate fails, even while it is still inside the tolerance.
+MAX_ABS_SLACK_FRACTION = 0.1
+PSNR_SLACK_DB = 1.0
+PSNR_PIN_CAP_DB = 200.0  # beyond this a PSNR says "fp32 rounding noise" (or exact): pin the cap, not inf
+QUALITY_SLACK = 0.002
+TASK_SLACK = {"decision_agreement": 0.01, "segment_f1": 0.05}
 Runner = Callable[[Feeds], Feeds]
 
 
@@ -157,3 +167,20 @@ def failure_message(label: str, checks: Sequence[OutputCheck], task_failures: Se
         lines += ["first ops where the fp16 program departs from its fp32-storage run (at the worst call):",
                   *(f"  {line}" for line in diagnosis.splitlines())]
     return "\n".join(lines)
+
+
+def pinned_parity_metrics(checks: Sequence[OutputCheck], task: Mapping[str, float]) -> dict:
+    """The clip figures a parity test pins in its snapshot baseline (:mod:`conversions.snapshots`)."""
+    from .snapshots import Metric
+
+    pinned = {}
+    for c in checks:
+        if c.problem:
+            continue
+        tolerance = c.bound.atol if c.bound.atol is not None else c.metrics["max_abs"]
+        pinned[f"{c.name}.max_abs"] = Metric(c.metrics["max_abs"], "lower", slack=MAX_ABS_SLACK_FRACTION * tolerance)
+        pinned[f"{c.name}.psnr_db"] = Metric(min(c.metrics["psnr_db"], PSNR_PIN_CAP_DB), "higher", slack=PSNR_SLACK_DB)
+    for metric, slack in TASK_SLACK.items():
+        if metric in task:
+            pinned[f"task.{metric}"] = Metric(task[metric], "higher", slack=slack)
+    return pinned

@@ -31,6 +31,7 @@ from . import registry
 RECORDS_ENV = "COREML_PARITY_RECORDS_DIR"
 GENERATED_IDS = pytest.StashKey[set]()
 REPORT_PATHS = pytest.StashKey[list]()
+IMPROVEMENTS = pytest.StashKey[list]()
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,24 @@ def pytest_generate_tests(metafunc):
         cases = [ParityCase(f, c, v) for f in families for c in f.components for v in selected_variants(metafunc.config)]
         metafunc.parametrize("parity_case", cases, ids=[c.id for c in cases])
         metafunc.config.stash[GENERATED_IDS].update(f"{name}[{c.id}]" for c in cases)
+    if "quantization_case" in metafunc.fixturenames:
+        from .quantize import STRATEGIES
+
+        variants = [v for v in selected_variants(metafunc.config) if v.program_precision == "fp16"]
+        cases = [(ParityCase(f, c, v), s) for f in families for c in f.components for s in STRATEGIES for v in variants]
+        ids = [f"{case.family.name}/{case.component.name}/{s}/{case.variant.id}" for case, s in cases]
+        metafunc.parametrize("quantization_case", [
+            pytest.param(case_and_strategy, marks=_inapplicable_marks(case_and_strategy[0].family,
+                                                                      case_and_strategy[0].component,
+                                                                      case_and_strategy[1]))
+            for case_and_strategy in cases], ids=ids)
+        metafunc.config.stash[GENERATED_IDS].update(f"{name}[{i}]" for i in ids)
+    if "compression_case" in metafunc.fixturenames:
+        from .quantize import STRATEGIES
+
+        triples = [(f, c, s) for f in families for c in f.components for s in STRATEGIES]
+        metafunc.parametrize("compression_case", [pytest.param(t, marks=_inapplicable_marks(*t)) for t in triples],
+                             ids=[f"{f.name}/{c.name}/{s}" for f, c, s in triples])
     if "parity_upstream" in metafunc.fixturenames:
         pairs = [(f, c) for f in families for c in f.components if c.upstream is not None]
         metafunc.parametrize("parity_upstream", pairs, ids=[f"{f.name}/{c.name}" for f, c in pairs])
@@ -101,6 +120,16 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("parity_export", triples, ids=[f"{f.name}/{c.name}/{p}" for f, c, p in triples])
     if "parity_family" in metafunc.fixturenames:
         metafunc.parametrize("parity_family", families, ids=[f.name for f in families])
+
+
+def _inapplicable_marks(family, component, strategy: str):
+    reason = family.inapplicable.get((component.name, strategy))
+    if reason is None:
+        return ()
+    from .quantize import StrategyNotApplicable
+
+    return (pytest.mark.xfail(strict=True, raises=StrategyNotApplicable,
+                              reason=f"{strategy} cannot apply to {family.name}/{component.name}: {reason}"),)
 
 
 # ---- the session: export once, load once, stream the reference once ------------------------------------------
@@ -133,18 +162,69 @@ class ParitySession:
     def clip(self, family: registry.ModelFamily) -> np.ndarray:
         return self._once(("clip", family.name), family.load_clip)
 
-    def package(self, family, component, precision: str):
+    def package(self, family, component, precision: str, target: str | None = None):
         """The exported ``.mlpackage`` (:class:`conversions.export.ExportedPackage`), from the cache if unchanged."""
         from .export import DEFAULT_TARGET, export_key
+
+        target = target or DEFAULT_TARGET
 
         def build():
             model, weights = self.reference(family)
             key = export_key(component.convert, weights, {"family": family.name, "component": component.name,
-                                                          "precision": precision, "target": DEFAULT_TARGET})
-            return self.cache.get_or_export(f"{family.name}-{component.name}-{precision}", key,
-                                            lambda: component.convert(model, precision))
+                                                          "precision": precision, "target": target})
+            suffix = "" if target == DEFAULT_TARGET else f"-{target}"
+            return self.cache.get_or_export(f"{family.name}-{component.name}-{precision}{suffix}", key,
+                                            lambda: component.convert(model, precision, target))
 
-        return self._once(("package", family.name, component.name, precision), build)
+        return self._once(("package", family.name, component.name, precision, target), build)
+
+    def quantized(self, family, component, strategy_name: str):
+        """The component's fp16 package compressed with a strategy of :mod:`conversions.quantize` (cached like
+        exports; the key adds the strategy's config and quantize.py's source), and the mixed strategy's recipe."""
+        from .export import export_key, file_digest
+        from . import quantize
+
+        def build():
+            strategy = quantize.get_strategy(strategy_name)
+            model, weights = self.reference(family)
+            base = self.package(family, component, "fp16", strategy.min_target)
+            exclude = tuple(family.keep_exact(str(base.path))) if component.keep_exact else ()
+            options = {"family": family.name, "component": component.name, "precision": "fp16",
+                       "target": strategy.min_target, "strategy": strategy_name, "exclude": exclude,
+                       "config": strategy.config(exclude), "quantize_source": file_digest(quantize.__file__)}
+            mixed = strategy_name == quantize.MIXED
+            candidate = component.mixed_candidate or family.mixed_candidate
+            target_quality = component.mixed_target_quality or family.mixed_target_quality
+            if mixed:
+                options.update(candidate=candidate, target_quality=target_quality)
+            key = export_key(component.convert, weights, options)
+            name = f"{family.name}-{component.name}-{strategy_name}"
+            recipe_path = self.cache.path_for(name, key).with_suffix(".recipe.json")
+
+            def compress():
+                mlmodel = component.convert(model, "fp16", strategy.min_target)
+                if not mixed:
+                    return strategy.apply(mlmodel, exclude)
+                baseline = self.stream_primary(family, component, base.path)
+                recipe = quantize.sensitivity_recipe(
+                    mlmodel, lambda m: _quality(baseline, self.stream_primary(family, component, m)),
+                    candidate=candidate, target_quality=target_quality, exclude_ops=exclude)
+                quantize.save_recipe(recipe, recipe_path)
+                return quantize.apply_recipe(mlmodel, recipe)
+
+            package = self.cache.get_or_export(name, key, compress)
+            return package, (quantize.load_recipe(recipe_path) if mixed else None), base, strategy, exclude
+
+        return self._once(("quantized", family.name, component.name, strategy_name), build)
+
+    def stream_primary(self, family, component, model_or_path) -> np.ndarray:
+        """The component's first output streamed over the clip on the portable runtime (fp16 storage)."""
+        from .parity import model_runner, run_stream
+        from .runtime import load_model
+
+        runner = model_runner(load_model(model_or_path, backend="mil"))
+        out = run_stream(runner, self.clip_feeds(family, component), component.state, component.initial_state())
+        return out.outputs[component.outputs[0]]
 
     def model(self, case: ParityCase):
         """The component's package loaded on the case's backend."""
@@ -202,6 +282,12 @@ class ParitySession:
         write_record(self.records_dir, record)
 
 
+def _quality(reference: np.ndarray, candidate: np.ndarray) -> float:
+    from .metrics import quality
+
+    return quality(reference, candidate)
+
+
 def _spec(spec) -> dict:
     return {"name": spec.name, "shape": list(spec.shape), "dtype": np.dtype(spec.dtype).name}
 
@@ -228,6 +314,9 @@ def pytest_sessionfinish(session):
     from .report import build_reports, read_records
 
     records_dir = Path(os.environ[RECORDS_ENV])
+    from .snapshots import read_improvements
+
+    config.stash[IMPROVEMENTS] = read_improvements(records_dir)
     records = read_records(records_dir)
     if records:
         config.stash[REPORT_PATHS] = build_reports(records, report_dir(config), None)
@@ -239,6 +328,12 @@ def pytest_sessionfinish(session):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    improvements = config.stash.get(IMPROVEMENTS, [])
+    if improvements:
+        terminalreporter.write_sep("-", f"better than the snapshot baselines ({len(improvements)}; "
+                                        "pin them with --snapshot-update)")
+        for line in improvements:
+            terminalreporter.write_line(line)
     paths = config.stash.get(REPORT_PATHS, [])
     metadata = [p for p in paths if Path(p).name == "metadata.json"]
     if metadata:

@@ -18,6 +18,8 @@ from these declarations, so adding a model never means writing a test file. A co
 - ``upstream(reference_model, waveform) -> (ours, upstream)``: optional check of the torch reference itself
   against the upstream implementation, within ``upstream_atol``.
 
+A family may also name the ops of its packages that compression must leave exact (``keep_exact``).
+
 Families are listed in :data:`FAMILY_MODULES`; each module exposes ``FAMILY``.
 """
 
@@ -68,6 +70,12 @@ class Component:
     task_metric: Callable[[Mapping, Mapping], dict] | None = None
     task_bounds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     step_ms: float | None = None  # audio time per call, for plots
+    # Apply the family's keep_exact exclusions when compressing this component. False where the excluded weight
+    # is the component's only one (Silero's stft): its sweep then shows what compressing that weight costs.
+    keep_exact: bool = True
+    # Override the family's mixed-strategy candidate / quality target for this component.
+    mixed_candidate: str | None = None
+    mixed_target_quality: float | None = None
     upstream: Callable[[Any, Any], tuple] | None = None
     upstream_atol: float | None = None
     upstream_why: str = ""
@@ -80,6 +88,15 @@ class ModelFamily:
     load_clip: Callable[[], Any]  # the real input streamed through every component
     clip_path: Path
     components: tuple[Component, ...]
+    # Op names in a converted package that compression must leave exact (for Silero: the fixed STFT basis).
+    keep_exact: Callable[[Any], tuple[str, ...]] = lambda mlmodel: ()
+    # The ``mixed`` compression strategy: which strategy it applies layer by layer, and the quality (vs the fp16
+    # package, first output, streamed clip) it must keep.
+    mixed_candidate: str = "palettize-6bit"
+    mixed_target_quality: float = 0.985
+    # (component, strategy) -> why coremltools cannot apply that strategy there: their tests are expected to
+    # fail with StrategyNotApplicable (strict: they fail if the strategy starts to apply).
+    inapplicable: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -103,6 +120,14 @@ class Variant:
     program_precision: str
     runtime_precision: str = "fp16"
     compute_units: str | None = None
+
+    @property
+    def baseline_family(self) -> str:
+        """Which snapshot baselines this variant is held to: numerics differ between the portable runtime,
+        Apple's CPU path and the Neural Engine (``ALL`` may place ops on the ANE, so it goes with it)."""
+        if self.backend == "mil":
+            return "mil"
+        return "coreml-cpu" if self.compute_units == "CPU_ONLY" else "coreml-ne"
 
 
 VARIANTS = (
@@ -128,12 +153,17 @@ def select_variants(spec: str | None) -> tuple[Variant, ...]:
     return tuple(v for v in VARIANTS if v.backend in wanted or v.id in wanted)
 
 
-def missing_coverage(family: ModelFamily, generated_ids: set[str], variants=PORTABLE_VARIANTS) -> list[str]:
+def missing_coverage(family: ModelFamily, generated_ids: set[str], variants=PORTABLE_VARIANTS,
+                     strategies: tuple[str, ...] = ()) -> list[str]:
     """What a family declares but the parity suite does not check: components without clip and random parity
-    tests (``generated_ids``: the collected test ids) on each of ``variants``, outputs without a bound for a
-    precision, task metrics without bounds."""
+    tests (``generated_ids``: the collected test ids) on each of ``variants``, without a quantization test per
+    strategy on the fp16 ones among them, outputs without a bound for a precision, task metrics without bounds."""
     problems = []
     for c in family.components:
+        for v in (v for v in variants if v.program_precision == "fp16"):
+            for s in strategies:
+                if f"test_quantization[{family.name}/{c.name}/{s}/{v.id}]" not in generated_ids:
+                    problems.append(f"{family.name}/{c.name}: no test_quantization of {s} on {v.id}")
         for v in variants:
             for test in ("test_parity", "test_parity_random"):
                 if f"{test}[{family.name}/{c.name}/{v.id}]" not in generated_ids:

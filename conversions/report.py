@@ -300,12 +300,16 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
     each model. See the module docstring for the files and their schema.
     """
     by_model: dict[str, list[dict]] = {}
+    quantized: dict[str, list[dict]] = {}
     for i, record in enumerate(records):
-        by_model.setdefault(_check_model(record, i), []).append(record)
+        target = quantized if record.get("test") == QUANTIZATION_TEST else by_model
+        target.setdefault(_check_model(record, i), []).append(record)
     if info is None:
         info = run_info()
     report_dir = Path(report_dir)
     written: list[Path] = []
+    for model in sorted(quantized):
+        written.extend(_write_quantization_summary(model, quantized[model], report_dir / model, info))
     for model in sorted(by_model):
         model_records = sorted(by_model[model], key=_sort_key)
         model_dir = report_dir / model
@@ -327,6 +331,73 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
         written.extend(_plot_probabilities(model, model_records, model_dir))
         written.append(_plot_error_summary(model, model_records, model_dir))
     return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quantization summary
+
+QUANTIZATION_TEST = "quantization"
+QUANTIZATION_SCHEMA_VERSION = 1
+
+
+def _write_quantization_summary(model: str, records: list[dict], model_dir: Path, info: dict) -> list[Path]:
+    """``quantization_summary.json`` (one entry per strategy x component x backend variant, sorted) and the
+    quality-vs-size plot. The README documents the schema."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    records = sorted(records, key=lambda r: (str(r.get("component")), str(r.get("variant")), str(r.get("strategy"))))
+    summary = {
+        "schema_version": QUANTIZATION_SCHEMA_VERSION,
+        "model": model,
+        "generated_at": info.get("generated_at"),
+        "git_commit": info.get("git_commit"),
+        "git_dirty": info.get("git_dirty"),
+        "platform": info.get("platform"),
+        "tool_versions": info.get("tool_versions"),
+        "variants": records,
+    }
+    path = model_dir / "quantization_summary.json"
+    _atomic_write(path, (_dumps(summary, f"quantization summary of {model!r}", indent=2) + "\n").encode("utf-8"))
+    return [path, _plot_quality_vs_size(model, records, model_dir)]
+
+
+def _plot_quality_vs_size(model: str, records: list[dict], model_dir: Path) -> Path:
+    """One panel per component: quality vs torch of the component's first output against weight bytes, one
+    point per strategy (the fp16 baseline as a star)."""
+    components = sorted({str(r.get("component")) for r in records})
+    cols = min(3, len(components))
+    rows = -(-len(components) // cols)
+    fig = _new_figure(4.2 * cols, 3.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[len(components):]:
+        ax.set_visible(False)
+    for ax, component in zip(axes.flat, components):
+        mine = [r for r in records if str(r.get("component")) == component]
+        baseline_drawn = False
+        for r in mine:
+            q, size = r.get("primary_quality_vs_torch"), r.get("weight_bytes")
+            if not isinstance(q, (int, float)) or not isinstance(size, (int, float)) or not math.isfinite(q):
+                continue
+            ax.scatter([size / 1024], [q], color="#2ca02c" if r.get("match", True) else "#d62728", s=18, zorder=3)
+            ax.annotate(str(r.get("strategy")), (size / 1024, q), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+            base_q, base_size = r.get("baseline_quality_vs_torch"), r.get("baseline_weight_bytes")
+            if not baseline_drawn and isinstance(base_q, (int, float)) and isinstance(base_size, (int, float)):
+                ax.scatter([base_size / 1024], [base_q], marker="*", s=80, color="#1f77b4", zorder=4,
+                           label="fp16 baseline")
+                baseline_drawn = True
+        primary = next((r["primary_output"] for r in mine if r.get("primary_output")), "")
+        ax.set_title(f"{component} ({primary})" if primary else component, fontsize=9)
+        ax.set_xlabel("weights (KiB)", fontsize=8)
+        ax.set_ylabel("quality vs torch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if baseline_drawn:
+            ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"{model}: quality vs size per strategy (1.0 = identical to torch)", fontsize=10)
+    fig.tight_layout()
+    path = model_dir / "quantization_quality_vs_size.png"
+    _save_figure(fig, path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------

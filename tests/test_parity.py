@@ -3,7 +3,9 @@
 For every declared (model family, component, variant):
 
 - ``test_parity``: the converted component and its torch module, streamed call by call over the family's real
-  clip (each side carrying its own state), every output within its declared bound, task metrics above theirs;
+  clip (each side carrying its own state), every output within its declared bound, task metrics above theirs,
+  and no figure worse than its snapshot baseline (``tests/__snapshots__/<backend family>/<family>.json``) beyond
+  its slack;
 - ``test_parity_random``: the same on hypothesis-generated inputs (elementwise bounds per case, PSNR over all
   cases);
 
@@ -22,9 +24,10 @@ from hypothesis import given
 
 from conversions import registry
 from conversions.export import DEFAULT_TARGET, TRACE_COMPUTE_UNITS, package_metadata
-from conversions.parity import (check_outputs, check_task, diagnose_fp16, failure_message, model_runner, run_stream,
-                                torch_runner, worst_check)
+from conversions.parity import (check_outputs, check_task, diagnose_fp16, failure_message, model_runner,
+                                pinned_parity_metrics, run_stream, torch_runner, worst_check)
 from conversions.pytest_plugin import GENERATED_IDS, selected_variants, skip_unless_runnable
+from conversions.snapshots import metrics_snapshot
 
 
 def _diagnosis(parity, case, feeds) -> str | None:
@@ -38,7 +41,7 @@ def _diagnosis(parity, case, feeds) -> str | None:
         return f"(trace diagnosis failed: {type(e).__name__}: {e})"
 
 
-def test_parity(parity_case, parity, request):
+def test_parity(parity_case, parity, request, snapshot):
     """The component streamed over the real clip on one backend vs torch."""
     skip_unless_runnable(parity_case.variant)
     family, component, variant = parity_case.family, parity_case.component, parity_case.variant
@@ -67,6 +70,9 @@ def test_parity(parity_case, parity, request):
     parity.record(request, parity_case, "clip", checks, calls=len(got.feeds), task=task, task_bounds=task_bounds,
                   failure=failure, started=started, series=series)
     assert failure is None, failure
+    # Inside the tolerance is not enough: no worse than the pinned baseline (tests/__snapshots__/) beyond its slack.
+    assert metrics_snapshot(snapshot, family=family.name,
+                            backend_family=variant.baseline_family) == pinned_parity_metrics(checks, task)
 
 
 def test_parity_random(parity_case, parity, request):
@@ -142,8 +148,15 @@ def test_export_metadata(parity_export, parity):
 
 
 def test_every_declared_component_is_covered(parity_family, pytestconfig):
-    """Fails when a declared component would go unchecked: no parity tests on a portable variant, an output
-    without a bound, a task metric without minimums (the coverage test of optimum's exporter suite)."""
+    """Fails when a declared component would go unchecked: no parity tests on a portable variant, no
+    quantization test of a strategy, an output without a bound, a task metric without minimums (the coverage test
+    of optimum's exporter suite). Run it with the whole test suite: it sees what this session collected."""
+    from conversions.quantize import STRATEGIES
+
     variants = [v for v in registry.PORTABLE_VARIANTS if v in selected_variants(pytestconfig)]
-    problems = registry.missing_coverage(parity_family, pytestconfig.stash[GENERATED_IDS], variants)
+    generated = pytestconfig.stash[GENERATED_IDS]
+    # The sweep's coverage is checked when its module is part of the session (not under `pytest tests/test_parity.py`).
+    sweep_collected = any(i.startswith("test_quantization[") for i in generated)
+    problems = registry.missing_coverage(parity_family, generated, variants,
+                                         strategies=tuple(STRATEGIES) if sweep_collected else ())
     assert not problems, "\n".join(problems)

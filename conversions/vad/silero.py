@@ -275,45 +275,46 @@ def windows(waveform: np.ndarray, chunks_per_call: int = 1) -> list[np.ndarray]:
 # ---- converters: reference model in, ML Program out ---------------------------------------------------------
 # Each converts one component of a :class:`SileroVAD` (with the jit's weights, see build_clean_model) with the
 # project's export contract (conversions.export.convert_traced: iOS17 ML Program, traced on CPU, fp16 compute
-# precision by default). Shapes are fixed: one 36 ms window, or 8 chunks for the 256 ms model.
+# precision by default; iOS18 for compression strategies that need its ops). Shapes are fixed: one 36 ms window,
+# or 8 chunks for the 256 ms model.
 def _example_state() -> dict[str, torch.Tensor]:
     return {"hidden_state": torch.zeros(1, STATE), "cell_state": torch.zeros(1, STATE)}
 
 
-def _convert(module, inputs, outputs, precision, component):
+def _convert(module, inputs, outputs, precision, target, component):
     from conversions.export import convert_traced
 
-    return convert_traced(module, inputs, outputs, precision=precision,
+    return convert_traced(module, inputs, outputs, precision=precision, target=target,
                           metadata={"model": "silero-vad", "component": component})
 
 
-def convert_stft(model: SileroVAD, precision: str = "fp16"):
+def convert_stft(model: SileroVAD, precision: str = "fp16", target: str = "iOS17"):
     """``audio_input [1, 576]`` -> ``magnitude [1, 129, 4]``."""
-    return _convert(model.stft, {"audio_input": torch.zeros(1, WINDOW)}, ("magnitude",), precision, "stft")
+    return _convert(model.stft, {"audio_input": torch.zeros(1, WINDOW)}, ("magnitude",), precision, target, "stft")
 
 
-def convert_encoder(model: SileroVAD, precision: str = "fp16"):
+def convert_encoder(model: SileroVAD, precision: str = "fp16", target: str = "iOS17"):
     """``magnitude [1, 129, 4]`` -> ``features [1, 128, 1]``."""
-    return _convert(model.encoder, {"magnitude": torch.zeros(1, N_BINS, 4)}, ("features",), precision, "encoder")
+    return _convert(model.encoder, {"magnitude": torch.zeros(1, N_BINS, 4)}, ("features",), precision, target, "encoder")
 
 
-def convert_decoder(model: SileroVAD, precision: str = "fp16"):
+def convert_decoder(model: SileroVAD, precision: str = "fp16", target: str = "iOS17"):
     """``features [1, 128, 1]``, ``hidden_state``, ``cell_state [1, 128]`` -> ``probability [1, 1, 1]`` and the
     new state."""
     return _convert(model.decoder, {"features": torch.zeros(1, STATE, 1), **_example_state()}, OUTPUT_NAMES,
-                    precision, "decoder")
+                    precision, target, "decoder")
 
 
-def convert_unified_36ms(model: SileroVAD, precision: str = "fp16"):
+def convert_unified_36ms(model: SileroVAD, precision: str = "fp16", target: str = "iOS17"):
     """The whole model on one 36 ms window: ``audio_input [1, 576]`` + state -> ``probability [1, 1, 1]`` + state."""
     return _convert(model, {"audio_input": torch.zeros(1, WINDOW), **_example_state()}, OUTPUT_NAMES, precision,
-                    "unified-36ms")
+                    target, "unified-36ms")
 
 
-def convert_unified_256ms(model: SileroVAD, precision: str = "fp16"):
+def convert_unified_256ms(model: SileroVAD, precision: str = "fp16", target: str = "iOS17"):
     """8 chunks per call: ``audio_input [1, 4160]`` + state -> noisy-OR ``probability [1, 1, 1]`` + final state."""
     return _convert(SileroVAD256(model), {"audio_input": torch.zeros(1, WINDOW_256MS), **_example_state()},
-                    OUTPUT_NAMES, precision, "unified-256ms")
+                    OUTPUT_NAMES, precision, target, "unified-256ms")
 
 
 # ---- inputs for the parity tests ----------------------------------------------------------------------------
@@ -541,6 +542,22 @@ TASK_BOUNDS = {"fp16": {"decision_agreement": 0.99, "segment_f1": 0.9},
                "fp32": {"decision_agreement": 1.0, "segment_f1": 1.0}}
 
 
+def stft_basis_ops(mlmodel) -> tuple[str, ...]:
+    """The conv ops of a converted package that apply the fixed STFT basis (weight ``[258, 1, 256]``) and the
+    const ops holding it: compressing the basis would change the spectrum of every input, so it stays exact."""
+    from conversions.runtime import load_model
+
+    operations = load_model(mlmodel, backend="mil").function.operations
+    const_shapes = {op.outputs[0].name: (op.name, op.outputs[0].type) for op in operations if op.op_type == "const"}
+    names = []
+    for op in operations:
+        for binding in op.inputs.get("weight", []) if op.op_type == "conv" else []:
+            const_name, vtype = const_shapes.get(binding.var, (None, None))
+            if const_name and tuple(getattr(vtype, "shape", ())) == (2 * N_BINS, 1, N_FFT):
+                names += [op.name, const_name]
+    return tuple(names)
+
+
 _STREAMING = dict(state=STATE_FEEDBACK, initial_state=_initial_state, task_metric=vad_task_metric,
                   task_bounds=TASK_BOUNDS)
 _CHUNK_MS = 1000 * CHUNK / SAMPLE_RATE
@@ -556,11 +573,29 @@ FAMILY = ModelFamily(
     build_reference=build_clean_model,
     load_clip=lambda: read_wav(CLIP_PATH),
     clip_path=CLIP_PATH,
+    keep_exact=stft_basis_ops,
+    # Measured with coremltools 9.0: its per-block quantization needs every input-channel count divisible by the
+    # block size, and the encoder's first conv reads the 129 STFT bins.
+    inapplicable={
+        **{(c, "int4-per-block"): "the first encoder conv has 129 input channels, not divisible by the block size "
+                                  "32 (coremltools leaves that weight uncompressed)"
+           for c in ("encoder", "unified-36ms", "unified-256ms")},
+        ("stft", "int4-per-block"): "the basis conv has 1 input channel, not divisible by the block size 32",
+        **{("stft", f"palettize-{bits}bit-grouped"): "the basis has 258 output channels, not divisible by the "
+                                                     "group size 16" for bits in (4, 6, 8)},
+    },
+    # mixed: 6-bit palettization layer by layer, fp16 kept where needed for quality 0.985 vs the fp16 package
+    # (all layers at 6 bits: 0.957 on unified-36ms' probability). The encoder's features are more sensitive
+    # (6 bits on any one conv alone: <= 0.951), so it mixes 8-bit layers (all at 8 bits: 0.975) with fp16.
+    mixed_candidate="palettize-6bit",
+    mixed_target_quality=0.985,
     components=(
+        # The basis is the stft's only weight: its compression sweep shows what compressing the basis costs, the
+        # reason every other component keeps it exact.
         _component("stft", convert_stft, lambda m: m.stft, ("audio_input",), ("magnitude",),
-                   _clip_windows, _random_windows),
+                   _clip_windows, _random_windows, keep_exact=False),
         _component("encoder", convert_encoder, lambda m: m.encoder, ("magnitude",), ("features",),
-                   _clip_magnitudes, _random_magnitudes),
+                   _clip_magnitudes, _random_magnitudes, mixed_candidate="palettize-8bit"),
         _component("decoder", convert_decoder, lambda m: m.decoder, ("features", "hidden_state", "cell_state"),
                    OUTPUT_NAMES, _clip_features, _random_decoder_inputs, step_ms=_CHUNK_MS, **_STREAMING),
         _component("unified-36ms", convert_unified_36ms, lambda m: m, INPUT_NAMES, OUTPUT_NAMES,
