@@ -315,13 +315,7 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
         model_dir = report_dir / model
         model_dir.mkdir(parents=True, exist_ok=True)
         metadata = {
-            "schema_version": METADATA_SCHEMA_VERSION,
-            "model": model,
-            "generated_at": info.get("generated_at"),
-            "git_commit": info.get("git_commit"),
-            "git_dirty": info.get("git_dirty"),
-            "platform": info.get("platform"),
-            "tool_versions": info.get("tool_versions"),
+            **_header(METADATA_SCHEMA_VERSION, model, info),
             "summary": _summary(model_records),
             "results": [{k: v for k, v in r.items() if k != "series"} for r in model_records],
         }
@@ -340,21 +334,18 @@ QUANTIZATION_TEST = "quantization"
 QUANTIZATION_SCHEMA_VERSION = 1
 
 
+def _header(schema_version: int, model: str, info: dict) -> dict:
+    """The fields every per-model report file starts with: schema, model, when, which commit, where, with what."""
+    return {"schema_version": schema_version, "model": model,
+            **{k: info.get(k) for k in ("generated_at", "git_commit", "git_dirty", "platform", "tool_versions")}}
+
+
 def _write_quantization_summary(model: str, records: list[dict], model_dir: Path, info: dict) -> list[Path]:
     """``quantization_summary.json`` (one entry per strategy x component x backend variant, sorted) and the
     quality-vs-size plot. The README documents the schema."""
     model_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: (str(r.get("component")), str(r.get("variant")), str(r.get("strategy"))))
-    summary = {
-        "schema_version": QUANTIZATION_SCHEMA_VERSION,
-        "model": model,
-        "generated_at": info.get("generated_at"),
-        "git_commit": info.get("git_commit"),
-        "git_dirty": info.get("git_dirty"),
-        "platform": info.get("platform"),
-        "tool_versions": info.get("tool_versions"),
-        "variants": records,
-    }
+    summary = {**_header(QUANTIZATION_SCHEMA_VERSION, model, info), "variants": records}
     path = model_dir / "quantization_summary.json"
     _atomic_write(path, (_dumps(summary, f"quantization summary of {model!r}", indent=2) + "\n").encode("utf-8"))
     return [path, _plot_quality_vs_size(model, records, model_dir)]

@@ -359,3 +359,27 @@ def test_run_info_in_git_repo(tmp_path, monkeypatch):
     assert info["git_dirty"] is False
     (tmp_path / "b.txt").write_text("untracked")
     assert run_info(tmp_path)["git_dirty"] is True
+
+
+def test_quantization_records_go_to_their_own_summary(tmp_path):
+    """Quantization records make quantization_summary.json and the quality-vs-size plot, not metadata.json."""
+    from conversions.report import QUANTIZATION_TEST
+
+    parity = make_record("unified-36ms", "mil-fp16")
+    quantized = [{"test_id": f"t{i}", "model": "silero-vad", "component": "unified-36ms", "test": QUANTIZATION_TEST,
+                  "strategy": s, "variant": "mil-fp16", "weight_bytes": w, "baseline_weight_bytes": 600,
+                  "primary_output": "probability", "primary_quality_vs_torch": q, "baseline_quality_vs_torch": 0.99,
+                  "match": True}
+                 for i, (s, w, q) in enumerate([("palettize-8bit", 300, 0.98), ("int8-per-tensor", 290, 0.1)])]
+    quantized.append({"test_id": "t9", "model": "silero-vad", "component": "encoder", "test": QUANTIZATION_TEST,
+                      "strategy": "int4-per-block", "variant": "mil-fp16", "match": False, "failure": "not applicable"})
+    written = build_reports([parity, *quantized], tmp_path, info={})
+    model_dir = tmp_path / "silero-vad"
+    summary = json.loads((model_dir / "quantization_summary.json").read_text())
+    assert [(v["component"], v["strategy"]) for v in summary["variants"]] == [
+        ("encoder", "int4-per-block"), ("unified-36ms", "int8-per-tensor"), ("unified-36ms", "palettize-8bit")]
+    assert summary["schema_version"] == 1 and summary["model"] == "silero-vad"
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert [r["test_id"] for r in metadata["results"]] == [parity["test_id"]]
+    plot = model_dir / "quantization_quality_vs_size.png"
+    assert plot in written and plot.read_bytes().startswith(b"\x89PNG")
