@@ -84,6 +84,9 @@ def pytest_configure(config):
     if not _is_worker(config):
         # xdist workers start after this and inherit the environment: all processes write to one directory.
         os.environ[RECORDS_ENV] = str(report_dir(config) / ".records" / uuid.uuid4().hex)
+    from .benchmarking import disable_unless_requested
+
+    disable_unless_requested(config)  # a plain run executes each benchmark body once, untimed
 
 
 # ---- parametrization -----------------------------------------------------------------------------------------

@@ -1,0 +1,242 @@
+"""Markdown summary of a parity report directory, for a CI job's summary page (``$GITHUB_STEP_SUMMARY``).
+
+Usage: ``python scripts/job_summary.py REPORT_DIR >> "$GITHUB_STEP_SUMMARY"``
+
+For each model directory ``REPORT_DIR/<model>/`` it prints
+
+- from ``metadata.json``: matched/total and a table of parity results (component, variant, test, match, the worst
+  output's max abs error against that output's ``atol`` bound) with the failure messages below it;
+- from ``quantization_summary.json``: a collapsed table of the quantization sweep (strategy, weight size,
+  compression, quality vs torch of the primary output, task metrics, match or failure).
+
+Why a separate script and not pytest's output: the summary page is what a reviewer sees first, and a table of
+"which component on which backend is how far from its bound" answers the PR question faster than a log.
+
+It runs in the CI step that follows the tests with ``if: always()``, so it must not turn a report problem into a
+second failure: a missing directory or file, or an unreadable one, becomes a line saying so and the exit code
+stays 0 (the test step already decides the job's outcome). Only standard library, so it runs on the bare runner
+Python. The report files are read with Python's ``json``, which accepts the ``NaN``/``Infinity`` tokens the
+report writes for non-finite errors (see ``conversions/report.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+METADATA = "metadata.json"
+QUANTIZATION = "quantization_summary.json"
+# Long failure messages (coremltools errors run to several lines) would make the page unreadable; the full text
+# is in the uploaded report artifact.
+MAX_FAILURE_CHARS = 300
+MISSING = "—"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: job_summary.py REPORT_DIR", file=sys.stderr)
+        return 0 if args[:1] in (["-h"], ["--help"]) else 2
+    sys.stdout.write(render(Path(args[0])))
+    return 0
+
+
+def render(report_dir: Path) -> str:
+    """The whole summary as markdown, one section per model directory of ``report_dir``."""
+    if not report_dir.is_dir():
+        return f"No parity report: `{report_dir}` does not exist (the test run wrote no report).\n"
+    model_dirs = sorted(p for p in report_dir.iterdir() if p.is_dir())
+    if not model_dirs:
+        return f"No parity report: `{report_dir}` has no model directories.\n"
+    return "\n".join(_render_model(d) for d in model_dirs)
+
+
+def _render_model(model_dir: Path) -> str:
+    lines = [f"## Parity: {model_dir.name}", ""]
+    metadata, problem = _load(model_dir / METADATA)
+    if metadata is None:
+        lines += [problem, ""]
+    else:
+        lines += _parity_section(metadata)
+    quantization, problem = _load(model_dir / QUANTIZATION)
+    if quantization is None:
+        lines += [problem, ""]
+    else:
+        lines += _quantization_section(quantization)
+    return "\n".join(lines)
+
+
+def _load(path: Path) -> tuple[dict | None, str]:
+    if not path.is_file():
+        return None, f"No `{path.name}` in `{path.parent}`."
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"Could not read `{path}`: {_cell(str(e))}"
+    if not isinstance(data, dict):
+        return None, f"Could not read `{path}`: expected a JSON object, got {type(data).__name__}"
+    return data, ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parity results (metadata.json)
+
+
+def _parity_section(metadata: dict) -> list[str]:
+    results = [r for r in metadata.get("results") or [] if isinstance(r, dict)]
+    matched = sum(1 for r in results if r.get("match") is True)
+    verdict = "all matched" if results and matched == len(results) else f"{len(results) - matched} FAILED"
+    lines = [f"**{matched}/{len(results)} parity results matched** ({verdict}){_provenance(metadata)}", ""]
+    if not results:
+        return lines + ["No parity results in `metadata.json`.", ""]
+    lines += [
+        "| component | variant | test | match | worst output | max abs error | atol | error / atol |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    unbounded = False
+    for r in results:
+        worst = worst_output(r)
+        output, max_abs, atol = worst if worst else (MISSING, None, None)
+        unbounded |= worst is not None and atol is None
+        ratio = max_abs / atol if max_abs is not None and atol else None
+        lines.append(_row(r.get("component"), r.get("variant"), r.get("test"), _verdict(r), output,
+                          _number(max_abs), _number(atol), _number(ratio, "{:.2f}")))
+    lines.append("")
+    if unbounded:
+        lines += [f"{MISSING} in *atol*: no output of that result has an absolute bound (PSNR floors only).", ""]
+    lines += _failures("Failures", results, lambda r: f"{r.get('component')} / {r.get('variant')} / {r.get('test')}")
+    return lines
+
+
+def worst_output(record: dict) -> tuple[str, float | None, float | None] | None:
+    """``(output, max_abs, atol)`` of the output furthest from its absolute bound: among outputs with an ``atol``,
+    one that failed its allclose check first, then the largest ``max_abs / atol``. Outputs whose ``atol`` is null
+    are held to a PSNR bound only (their allclose flag means nothing), so they are picked, by largest ``max_abs``,
+    only when no output has an ``atol``. A NaN error counts as the worst possible. None without metrics."""
+    metrics = record.get("metrics") or {}
+    bounds = record.get("bounds") or {}
+    best = None
+    for output, m in metrics.items():
+        if not isinstance(m, dict):
+            continue
+        max_abs = _float(m.get("max_abs"))
+        atol = _float((bounds.get(output) or {}).get("atol"))
+        err = math.inf if max_abs is None or math.isnan(max_abs) else max_abs
+        if atol is None:
+            rank = (False, False, err)
+        elif atol > 0:
+            rank = (True, m.get("allclose") is False, err / atol)
+        else:  # atol 0: exact match required, so any error is infinitely far from the bound
+            rank = (True, m.get("allclose") is False, math.inf if err > 0 else 0.0)
+        if best is None or rank > best[0]:
+            best = (rank, output, max_abs, atol)
+    return None if best is None else best[1:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# quantization sweep (quantization_summary.json)
+
+
+def _quantization_section(summary: dict) -> list[str]:
+    variants = [v for v in summary.get("variants") or [] if isinstance(v, dict)]
+    matched = sum(1 for v in variants if v.get("match") is True)
+    lines = [f"**Quantization sweep: {matched}/{len(variants)} variants matched**", ""]
+    if not variants:
+        return lines + ["No variants in `quantization_summary.json`.", ""]
+    # Collapsed: the sweep is components x strategies rows, and the parity table is what gates.
+    lines += [
+        "<details><summary>Quantization variants</summary>",
+        "",
+        "| component | strategy | variant | weight KiB | compression | quality vs torch | task metrics | match |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for v in variants:
+        weight = _float(v.get("weight_bytes"))
+        lines.append(_row(v.get("component"), v.get("strategy"), v.get("variant"),
+                          _number(None if weight is None else weight / 1024, "{:.1f}"),
+                          _number(_float(v.get("compression_ratio")), "{:.2f}x"),
+                          _number(_float(v.get("primary_quality_vs_torch")), "{:.4f}"),
+                          _task_metrics(v.get("task_metrics")), _verdict(v)))
+    lines += ["", "</details>", ""]
+    # "Not matched" rather than "failures": a strategy that cannot apply to a component is recorded this way too.
+    lines += _failures("Not matched", variants, lambda v: f"{v.get('component')} / {v.get('strategy')} / {v.get('variant')}")
+    return lines
+
+
+def _task_metrics(metrics: Any) -> str:
+    if not isinstance(metrics, dict) or not metrics:
+        return MISSING
+    parts = []
+    for name, value in metrics.items():
+        number = _float(value)
+        if number is None:
+            parts.append(f"{name} {value}")
+        elif isinstance(value, int):
+            parts.append(f"{name} {value}")
+        else:
+            parts.append(f"{name} {number:.3f}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# formatting
+
+
+def _provenance(data: dict) -> str:
+    commit = data.get("git_commit")
+    system = (data.get("platform") or {}).get("system") if isinstance(data.get("platform"), dict) else None
+    bits = [f"commit `{str(commit)[:10]}`" if commit else None, system]
+    bits = [b for b in bits if b]
+    return f" — {', '.join(bits)}" if bits else ""
+
+
+def _verdict(record: dict) -> str:
+    return "✅" if record.get("match") is True else "❌"
+
+
+def _failures(heading: str, records: list[dict], label) -> list[str]:
+    failed = [r for r in records if r.get("match") is not True]
+    if not failed:
+        return []
+    lines = [f"{heading}:", ""]
+    for r in failed:
+        text = r.get("failure") or "no failure message recorded"
+        text = " ".join(str(text).split())
+        if len(text) > MAX_FAILURE_CHARS:
+            text = text[:MAX_FAILURE_CHARS - 1] + "…"
+        lines.append(f"- **{_cell(label(r))}**: {_cell(text)}")
+    return lines + [""]
+
+
+def _float(value: Any) -> float | None:
+    # bool is an int subclass; a flag is not a measurement
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _number(value: float | None, fmt: str = "{:.2e}") -> str:
+    if value is None:
+        return MISSING
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return fmt.format(value)
+
+
+def _cell(value: Any) -> str:
+    """Text safe inside a markdown table cell or list item: one line, pipes escaped, HTML not interpreted."""
+    text = MISSING if value is None else " ".join(str(value).split())
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
