@@ -120,14 +120,9 @@ def load_engine(parity, family: ModelFamily, component: Component, engine: Engin
         return LoadedEngine(run, time.perf_counter() - started, None)
     if engine.backend not in ("mil", "coreml"):
         raise ValueError(f"engine.backend: expected 'torch', 'mil' or 'coreml', got {engine.backend!r}")
-    from .runtime import load_model
-
     package = parity.package(family, component, engine.precision)
     started = time.perf_counter()
-    if engine.backend == "coreml":
-        model = load_model(package.path, backend="coreml", compute_units=engine.compute_units)
-    else:
-        model = load_model(package.path, backend="mil", precision=engine.variant.runtime_precision)
+    model = engine.variant.load(package.path)
     return LoadedEngine(model_runner(model), time.perf_counter() - started, package.size_bytes)
 
 

@@ -220,25 +220,33 @@ class ParitySession:
 
         return self._once(("quantized", family.name, component.name, strategy_name), build)
 
+    def stream_clip(self, family, component, run):
+        """``run`` (feeds -> outputs) streamed over the family's clip with the component's state carried
+        (:class:`conversions.parity.StreamResult`)."""
+        from .parity import run_stream
+
+        return run_stream(run, self.clip_feeds(family, component), component.state, component.initial_state())
+
     def stream_primary(self, family, component, model_or_path) -> np.ndarray:
         """The component's first output streamed over the clip on the portable runtime (fp16 storage)."""
-        from .parity import model_runner, run_stream
+        from .parity import model_runner
         from .runtime import load_model
 
-        runner = model_runner(load_model(model_or_path, backend="mil"))
-        out = run_stream(runner, self.clip_feeds(family, component), component.state, component.initial_state())
+        out = self.stream_clip(family, component, model_runner(load_model(model_or_path, backend="mil")))
         return out.outputs[component.outputs[0]]
+
+    def variant_clip_stream(self, case: ParityCase, package_path) -> dict[str, np.ndarray]:
+        """The outputs of ``package_path`` streamed over the clip on the case's variant, once per session."""
+        from .parity import model_runner
+
+        return self._once(("variant-stream", case.id, str(package_path)),
+                          lambda: self.stream_clip(case.family, case.component,
+                                                   model_runner(case.variant.load(package_path))).outputs)
 
     def model(self, case: ParityCase):
         """The component's package loaded on the case's backend."""
-        from .runtime import load_model
-
-        v = case.variant
-        path = self.package(case.family, case.component, v.program_precision).path
-        if v.backend == "coreml":
-            return self._once(("model", case.id), lambda: load_model(path, backend="coreml",
-                                                                     compute_units=v.compute_units))
-        return self._once(("model", case.id), lambda: load_model(path, backend="mil", precision=v.runtime_precision))
+        path = self.package(case.family, case.component, case.variant.program_precision).path
+        return self._once(("model", case.id), lambda: case.variant.load(path))
 
     def clip_feeds(self, family, component) -> list[dict]:
         return self._once(("feeds", family.name, component.name),
@@ -246,12 +254,11 @@ class ParitySession:
 
     def torch_clip_stream(self, family, component):
         """The torch reference streamed over the clip (:class:`conversions.parity.StreamResult`)."""
-        from .parity import run_stream, torch_runner
+        from .parity import torch_runner
 
         def build():
             module = component.reference(self.reference(family)[0])
-            return run_stream(torch_runner(module, component.inputs, component.outputs),
-                              self.clip_feeds(family, component), component.state, component.initial_state())
+            return self.stream_clip(family, component, torch_runner(module, component.inputs, component.outputs))
 
         return self._once(("torch-stream", family.name, component.name), build)
 

@@ -121,6 +121,15 @@ class Variant:
     runtime_precision: str = "fp16"
     compute_units: str | None = None
 
+    def load(self, model):
+        """``model`` (a package path or an in-memory MLModel) loaded on this variant's backend, compute units and
+        runtime precision (:func:`conversions.runtime.load_model`)."""
+        from .runtime import load_model
+
+        if self.backend == "coreml":
+            return load_model(model, backend="coreml", compute_units=self.compute_units)
+        return load_model(model, backend="mil", precision=self.runtime_precision)
+
     @property
     def baseline_family(self) -> str:
         """Which snapshot baselines this variant is held to: numerics differ between the portable runtime,

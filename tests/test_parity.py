@@ -25,7 +25,7 @@ from hypothesis import given
 from conversions import registry
 from conversions.export import DEFAULT_TARGET, TRACE_COMPUTE_UNITS, package_metadata
 from conversions.parity import (check_outputs, check_task, diagnose_fp16, failure_message, model_runner,
-                                pinned_parity_metrics, run_stream, torch_runner, worst_check)
+                                pinned_parity_metrics, torch_runner, worst_check)
 from conversions.pytest_plugin import GENERATED_IDS, selected_variants, skip_unless_runnable
 from conversions.snapshots import metrics_snapshot
 
@@ -48,8 +48,7 @@ def test_parity(parity_case, parity, request, snapshot):
     started = time.perf_counter()
     model = parity.model(parity_case)
     reference = parity.torch_clip_stream(family, component)
-    got = run_stream(model_runner(model), parity.clip_feeds(family, component), component.state,
-                     component.initial_state())
+    got = parity.stream_clip(family, component, model_runner(model))
 
     checks = check_outputs(reference.outputs, got.outputs, component.bounds[variant.program_precision])
     task, task_bounds, task_failures = {}, {}, []

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from conversions import metrics
-from conversions.parity import PSNR_SLACK_DB, QUALITY_SLACK, TASK_SLACK, model_runner, run_stream
+from conversions.parity import PSNR_SLACK_DB, QUALITY_SLACK, TASK_SLACK
 from conversions.pytest_plugin import skip_unless_runnable
 from conversions.quantize import StrategyNotApplicable
 from conversions.report import QUANTIZATION_TEST, write_record
@@ -24,16 +24,6 @@ from conversions.snapshots import Metric, metrics_snapshot
 def weight_bytes(package: Path) -> int:
     """Bytes of the package's weight files (what compression shrinks; metadata and the program text excluded)."""
     return sum(f.stat().st_size for f in Path(package).rglob("*.bin") if f.is_file())
-
-
-def _stream(parity, case, model_or_path):
-    from conversions.runtime import load_model
-
-    v = case.variant
-    model = (load_model(model_or_path, backend="coreml", compute_units=v.compute_units) if v.backend == "coreml"
-             else load_model(model_or_path, backend="mil", precision=v.runtime_precision))
-    c = case.component
-    return run_stream(model_runner(model), parity.clip_feeds(case.family, c), c.state, c.initial_state()).outputs
 
 
 def test_quantization(quantization_case, parity, snapshot, request):
@@ -52,8 +42,8 @@ def test_quantization(quantization_case, parity, snapshot, request):
         raise
 
     torch_out = parity.torch_clip_stream(family, component).outputs
-    base_out = parity._once(("quantization-base", case.id, base.key), lambda: _stream(parity, case, base.path))
-    got = _stream(parity, case, package.path)
+    base_out = parity.variant_clip_stream(case, base.path)
+    got = parity.variant_clip_stream(case, package.path)
 
     outputs = {}
     for name in component.outputs:
