@@ -116,7 +116,7 @@ def load_engine(parity, family: ModelFamily, component: Component, engine: Engin
     if engine.backend == "torch":
         model = parity.reference(family)[0]
         started = time.perf_counter()
-        run = torch_runner(component.reference(model), component.inputs, component.outputs)
+        run = torch_runner(component.reference(model), component.inputs, component.reference_outputs)
         return LoadedEngine(run, time.perf_counter() - started, None)
     if engine.backend not in ("mil", "coreml"):
         raise ValueError(f"engine.backend: expected 'torch', 'mil' or 'coreml', got {engine.backend!r}")

@@ -35,16 +35,23 @@ PRECISIONS = ("fp16", "fp32")
 DEFAULT_TARGET = "iOS17"
 TRACE_COMPUTE_UNITS = "CPU_ONLY"
 METADATA_PREFIX = "coreml_parity."
+INT16_MAX = 32767
 # Bump when the cache layout or the meaning of a key changes.
 CACHE_FORMAT = 1
 
 
 def convert_traced(module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor], output_names: Sequence[str], *,
-                   precision: str = "fp16", target: str = DEFAULT_TARGET, metadata: Mapping[str, str] | None = None):
+                   precision: str = "fp16", target: str = DEFAULT_TARGET, metadata: Mapping[str, str] | None = None,
+                   ranges: Mapping[str, Mapping[int, tuple[int, int]]] | None = None,
+                   keep_fp32: Callable[[object], set] | None = None):
     """Trace ``module`` on ``example_inputs`` (input name -> tensor, in ``forward`` order) and convert it.
 
-    Returns an in-memory ``ct.models.MLModel`` (ML Program) whose inputs carry the given names and fixed shapes
-    and whose outputs carry ``output_names``. Float inputs are declared float32, integer inputs int32.
+    Returns an in-memory ``ct.models.MLModel`` (ML Program) whose inputs carry the given names and the example
+    shapes and whose outputs carry ``output_names``. Float inputs are declared float32, integer inputs int32.
+    ``ranges`` makes dimensions flexible: input name -> {axis: (lower, upper)} (``ct.RangeDim``, the example's
+    size as default); the module must then trace shape arithmetic as tensor ops, not Python ints.
+    ``keep_fp32(block) -> set of ops``: in an fp16 export, the ops of the MIL block that must still compute in fp32
+    (coremltools' ``FP16ComputePrecision`` op selector); the program is then mixed precision.
     """
     import coremltools as ct
 
@@ -53,21 +60,61 @@ def convert_traced(module: torch.nn.Module, example_inputs: Mapping[str, torch.T
     module = module.eval()
     names = list(example_inputs)
     tensors = tuple(example_inputs.values())
+    ranges = dict(ranges or {})
+    unknown = set(ranges) - set(names)
+    if unknown:
+        raise ValueError(f"ranges name inputs {sorted(unknown)} the module does not take (inputs: {names})")
+
+    def shape_of(name, x):
+        shape = list(x.shape)
+        for axis, (lower, upper) in ranges.get(name, {}).items():
+            if not lower <= shape[axis] <= upper:
+                raise ValueError(f"input {name!r}: example size {shape[axis]} of axis {axis} is outside its range "
+                                 f"[{lower}, {upper}]")
+            shape[axis] = ct.RangeDim(lower_bound=lower, upper_bound=upper, default=shape[axis])
+        return tuple(shape)
+    # coremltools' fp16 pipeline casts int32 inputs of gather/squeeze to int16 (``common::add_int16_cast``), also
+    # when they are runtime shapes: a flexible dimension beyond 32767 then wraps (a 240,000-sample input becomes a
+    # negative length, and every mask built from ``arange(x.size(1))`` comes out empty). Keep such shapes int32.
+    pipeline = ct.PassPipeline.DEFAULT
+    largest = max((upper for axes in ranges.values() for _, upper in axes.values()), default=0)
+    if largest > INT16_MAX:
+        pipeline.remove_passes({"common::add_int16_cast"})
+        metadata = {**(metadata or {}), "removed_passes": "common::add_int16_cast (flexible dimension up to "
+                                                          f"{largest} > int16)"}
+    compute_precision = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+    if precision == "fp16" and keep_fp32 is not None:
+        compute_precision = ct.transform.FP16ComputePrecision(op_selector=_fp16_selector(keep_fp32))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python-int shapes: the shapes are fixed on purpose
         traced = torch.jit.trace(module, tensors)
         mlmodel = ct.convert(
             traced,
-            inputs=[ct.TensorType(name=n, shape=tuple(x.shape), dtype=np.float32 if x.is_floating_point() else np.int32)
+            inputs=[ct.TensorType(name=n, shape=shape_of(n, x), dtype=np.float32 if x.is_floating_point() else np.int32)
                     for n, x in zip(names, tensors)],
             outputs=[ct.TensorType(name=n) for n in output_names],
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, target),
-            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            compute_precision=compute_precision,
             compute_units=getattr(ct.ComputeUnit, TRACE_COMPUTE_UNITS),
+            pass_pipeline=pipeline,
         )
     record_metadata(mlmodel, {**(metadata or {}), "requested_precision": precision, "requested_target": target})
     return mlmodel
+
+
+def _fp16_selector(keep_fp32: Callable[[object], set]) -> Callable[[object], bool]:
+    """coremltools' op selector (True = compute in fp16) from the set of ops to keep fp32, computed once per block
+    on its first op: before any cast is inserted, while the block holds only the converted ops."""
+    kept: dict[int, set] = {}
+
+    def select(op) -> bool:
+        block = op.enclosing_block
+        if id(block) not in kept:
+            kept[id(block)] = set(keep_fp32(block))
+        return op not in kept[id(block)]
+
+    return select
 
 
 def record_metadata(mlmodel, extra: Mapping[str, str]) -> None:

@@ -29,7 +29,10 @@ MAX_ABS_SLACK_FRACTION = 0.1
 PSNR_SLACK_DB = 1.0
 PSNR_PIN_CAP_DB = 200.0  # beyond this a PSNR says "fp32 rounding noise" (or exact): pin the cap, not inf
 QUALITY_SLACK = 0.002
-TASK_SLACK = {"decision_agreement": 0.01, "segment_f1": 0.05}
+TASK_SLACK = {"decision_agreement": 0.01, "segment_f1": 0.05,  # VAD
+              # ASR decisions (token / duration argmax of the joint), overall and where the reference is confident
+              "token_agreement": 0.01, "duration_agreement": 0.01,
+              "confident_token_agreement": 0.005, "confident_duration_agreement": 0.005}
 Runner = Callable[[Feeds], Feeds]
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 # One entry per model family module; each defines ``FAMILY: ModelFamily``.
-FAMILY_MODULES = ("conversions.vad.silero",)
+FAMILY_MODULES = ("conversions.vad.silero", "conversions.stt.parakeet_tdt")
 PRECISIONS = ("fp16", "fp32")  # program compute precisions every component is exported and checked in
 
 
@@ -79,6 +79,20 @@ class Component:
     upstream: Callable[[Any, Any], tuple] | None = None
     upstream_atol: float | None = None
     upstream_why: str = ""
+    # Extra outputs the torch reference returns after ``outputs`` for the task metric only (e.g. the top-2 logit
+    # margins that say which decisions numerical error may flip); the converted component does not have them.
+    reference_extras: tuple[str, ...] = ()
+    # Part of the quantization sweep (tests/test_quantization.py). Off for components whose weights are fixed
+    # transforms (a mel filterbank) or that repeat another component's weights (a fused or decision variant).
+    sweep: bool = True
+    # What the exported program computes in, per requested precision, where it is not the request itself (a fp16
+    # export keeping some ops fp32 is "mixed"; one keeping all of them, "fp32").
+    program_precision: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def reference_outputs(self) -> tuple[str, ...]:
+        """What the torch reference returns, in order: the outputs, then :attr:`reference_extras`."""
+        return tuple(self.outputs) + tuple(self.reference_extras)
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,27 @@ class ModelFamily:
     # (component, strategy) -> why coremltools cannot apply that strategy there: their tests are expected to
     # fail with StrategyNotApplicable (strict: they fail if the strategy starts to apply).
     inapplicable: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # Python modules the family's reference needs (an optional extra): without them its tests skip, saying which
+    # extra installs them.
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+
+    def missing_requirements(self) -> list[str]:
+        import importlib.util
+
+        missing = []
+        for name in self.requires:
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append(name)
+        return missing
+
+    @property
+    def swept_components(self) -> tuple[Component, ...]:
+        return tuple(c for c in self.components if c.sweep)
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -170,7 +205,7 @@ def missing_coverage(family: ModelFamily, generated_ids: set[str], variants=PORT
     problems = []
     for c in family.components:
         for v in (v for v in variants if v.program_precision == "fp16"):
-            for s in strategies:
+            for s in strategies if c.sweep else ():
                 if f"test_quantization[{family.name}/{c.name}/{s}/{v.id}]" not in generated_ids:
                     problems.append(f"{family.name}/{c.name}: no test_quantization of {s} on {v.id}")
         for v in variants:

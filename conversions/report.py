@@ -23,7 +23,7 @@ record are stored as plain numbers and lists (through their ``tolist()``), paths
       "platform": {"platform": "Linux-6.8-x86_64-with-glibc2.39", "system": "Linux",
                    "machine": "x86_64", "python": "3.11.9"},
       "tool_versions": {"coremltools": "9.0", "torch": "2.13.0", "numpy": "2.2.6",
-                        "silero-vad": "6.2.3", "pytest": "9.2.0"},   # null when not installed
+                        "silero-vad": "6.2.3", "nemo_toolkit": "3.0.0", "pytest": "9.2.0"},  # null when not installed
       "summary": {
         "results": 8,                 # number of records of this model
         "matched": 7,                 # records with "match": true
@@ -94,7 +94,7 @@ from typing import Any
 METADATA_SCHEMA_VERSION = 1
 
 # Distribution names, as importlib.metadata knows them.
-TOOLS = ("coremltools", "torch", "numpy", "silero-vad", "pytest")
+TOOLS = ("coremltools", "torch", "numpy", "silero-vad", "nemo_toolkit", "pytest")
 
 SORT_KEYS = ("model", "component", "test", "variant", "test_id")
 PROBABILITY_THRESHOLD = 0.5

@@ -155,3 +155,19 @@ class TorchFunction(torch.nn.Module):
 
     def forward(self, *args):
         return self.fn(*args)
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as module ``name`` (registered in ``sys.modules``, so its dataclasses and the
+    child processes it spawns can find it again). For tests of the repository's scripts."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

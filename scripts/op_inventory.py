@@ -139,109 +139,15 @@ def build_parakeet_modules(seed: int = SEED):
     return preprocessor.eval(), encoder.eval(), decoder.eval(), joint.eval()
 
 
-class ParakeetPreprocessor(nn.Module):
-    """``AudioToMelSpectrogramPreprocessor`` as users ship it: (audio_signal, audio_length) -> (mel, mel_length)."""
-
-    def __init__(self, preprocessor):
-        super().__init__()
-        self.preprocessor = preprocessor
-
-    def forward(self, audio_signal, audio_length):
-        mel, mel_length = self.preprocessor(input_signal=audio_signal, length=audio_length)
-        return mel, mel_length.to(torch.int32)
-
-
-class ParakeetEncoder(nn.Module):
-    """``ConformerEncoder.forward_internal`` for a fixed mel frame count, full attention context.
-
-    Same submodules and order as NeMo: ``pre_encode`` (dw_striding 8x) -> x * xscale -> layers -> transpose.
-    Two pieces of glue are re-expressed because they do not convert (see the module docstring): the relative
-    positional table slice (precomputed here for the fixed frame count, exactly ``pos_enc``'s slice) and the
-    masks (``_create_masks`` for ``att_context_size=[-1, -1]``: pad mask = frame >= length, attention mask =
-    not (valid_i and valid_j)).
-    """
-
-    def __init__(self, encoder, mel_frames: int):
-        super().__init__()
-        if encoder.att_context_style != "regular" or list(encoder.att_context_size) != [-1, -1]:
-            raise ValueError("ParakeetEncoder wraps the full-context (offline) encoder only")
-        self.encoder = encoder
-        with torch.no_grad():
-            x, _ = encoder.pre_encode(x=torch.zeros(1, mel_frames, encoder._feat_in),
-                                      lengths=torch.tensor([mel_frames]))
-        self.frames = x.shape[1]
-        encoder.pos_enc.extend_pe(self.frames, torch.device("cpu"), torch.float32)
-        pe = encoder.pos_enc.pe
-        center = pe.size(1) // 2 + 1  # as RelPositionalEncoding.forward
-        self.register_buffer("pos_emb", pe[:, center - self.frames:center + self.frames - 1].clone(), persistent=False)
-
-    def forward(self, mel, mel_length):
-        enc = self.encoder
-        x, length = enc.pre_encode(x=mel.transpose(1, 2), lengths=mel_length)
-        if enc.xscale:
-            x = x * enc.xscale
-        valid = torch.arange(self.frames).unsqueeze(0) < length.unsqueeze(-1)
-        pad_mask = ~valid
-        att_mask = ~(valid.unsqueeze(1) & valid.unsqueeze(2))
-        for layer in enc.layers:
-            x = layer(x=x, att_mask=att_mask, pos_emb=self.pos_emb, pad_mask=pad_mask)
-        if enc.out_proj is not None:
-            x = enc.out_proj(x)
-        return x.transpose(1, 2), length.to(torch.int32)
-
-
-class ParakeetMelEncoder(nn.Module):
-    """Fused mel + encoder: (audio_signal, audio_length) -> (encoder, encoder_length)."""
-
-    def __init__(self, preprocessor, encoder, mel_frames: int):
-        super().__init__()
-        self.preprocessor = ParakeetPreprocessor(preprocessor)
-        self.encoder = ParakeetEncoder(encoder, mel_frames)
-
-    def forward(self, audio_signal, audio_length):
-        mel, mel_length = self.preprocessor(audio_signal, audio_length)
-        return self.encoder(mel, mel_length)
-
-
-class ParakeetDecoder(nn.Module):
-    """``RNNTDecoder.predict`` for one token with explicit LSTM state: the streaming decoder step users ship."""
-
-    def __init__(self, decoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, targets, target_length, h_in, c_in):
-        g, (h_out, c_out) = self.decoder.predict(y=targets, state=[h_in, c_in], add_sos=False)
-        return g.transpose(1, 2), h_out, c_out
-
-
-class ParakeetJoint(nn.Module):
-    """``RNNTJoint.joint`` on channel-first inputs: (encoder [B,D,T], decoder [B,H,U]) -> logits [B,T,U,V+1+5]."""
-
-    def __init__(self, joint):
-        super().__init__()
-        self.joint = joint
-
-    def forward(self, encoder, decoder):
-        return self.joint.joint(encoder.transpose(1, 2), decoder.transpose(1, 2))
-
-
-class ParakeetJointDecision(nn.Module):
-    """Joint + TDT greedy decision: argmax token (incl. blank), its softmax probability, argmax duration."""
-
-    def __init__(self, joint, num_durations: int):
-        super().__init__()
-        self.joint = joint
-        self.num_tokens = joint.num_classes_with_blank - num_durations  # python ints: no traced shape arithmetic
-
-    def forward(self, encoder, decoder):
-        logits = self.joint.joint(encoder.transpose(1, 2), decoder.transpose(1, 2))
-        token_logits = logits[..., : self.num_tokens]
-        duration_logits = logits[..., self.num_tokens:]
-        probs = torch.softmax(token_logits, dim=-1)
-        token_prob, token_id = probs.max(dim=-1)
-        duration = duration_logits.argmax(dim=-1)
-        return token_id.to(torch.int32), token_prob, duration.to(torch.int32)
+# The wrappers users ship (and the parity suite converts) live with the converters; the inventory reuses them.
+from conversions.stt.parakeet_tdt import (  # noqa: E402
+    ParakeetDecoder,
+    ParakeetEncoder,
+    ParakeetJoint,
+    ParakeetJointDecision,
+    ParakeetMelEncoder,
+    ParakeetPreprocessor,
+)
 
 
 def parakeet_components(seed: int = SEED, modules=None) -> list[Component]:

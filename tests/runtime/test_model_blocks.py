@@ -23,8 +23,6 @@ float output; integer outputs (lengths, token ids, durations) must be equal.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 
@@ -43,12 +41,9 @@ KOKORO_REASON = "kokoro is not installed: the models extra, pip install -e .[mod
 
 def load_inventory_module():
     """``scripts/op_inventory.py`` as a module (it holds the wrappers and the conversion)."""
-    if "op_inventory" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("op_inventory", ROOT / "scripts" / "op_inventory.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["op_inventory"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["op_inventory"]
+    from conversions.testing import load_script
+
+    return load_script("op_inventory")
 
 
 def quiet_libraries():
