@@ -269,9 +269,11 @@ def build_tiny_parakeet_tdt(seed: int = 0, scale: dict | None = None, fit_audio:
         cfg["tokenizer"] = {"dir": str(tokenizer_dir), "type": "bpe"}
         torch.manual_seed(seed)
         model = EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg))
-    finally:
-        # the model registered the tokenizer files as artifacts; save_to copies them, so keep until saved
-        pass
+    except BaseException:
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)
+        raise
+    # The model registered the tokenizer files as artifacts: save_to copies them, so the directory stays until the
+    # model is saved (the caller removes model._tokenizer_tmpdir).
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in model.encoder.modules():

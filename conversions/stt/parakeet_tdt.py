@@ -99,7 +99,8 @@ def durations_of(model) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _dims_cached(model_key: int, model) -> Dims:
+def dims(model) -> Dims:
+    """The sizes of ``model`` (a NeMo ``EncDecRNNTBPEModel``) the components are built with (cached per model)."""
     pre = model.preprocessor
     feat = pre.featurizer
     sample_rate = int(model.cfg.preprocessor.sample_rate)
@@ -115,10 +116,6 @@ def _dims_cached(model_key: int, model) -> Dims:
                 pred_hidden=int(model.decoder.pred_hidden), pred_layers=int(model.decoder.pred_rnn_layers),
                 vocab_size=int(model.joint.num_classes_with_blank - 1 - len(durations)), durations=durations,
                 window_samples=window, mel_frames=mel_frames, encoder_frames=int(sub.shape[1]))
-
-
-def dims(model) -> Dims:
-    return _dims_cached(id(model), model)
 
 
 # ---- the torch components ----------------------------------------------------------------------------------
@@ -249,10 +246,14 @@ class ParakeetJointDecision(nn.Module):
         duration = duration_logits.argmax(dim=-1)
         if not self.with_margins:
             return token_id.to(torch.int32), token_prob, duration.to(torch.int32)
-        top_t = token_logits.topk(2, dim=-1).values
-        top_d = duration_logits.topk(2, dim=-1).values
-        return (token_id.to(torch.int32), token_prob, duration.to(torch.int32),
-                top_t[..., 0] - top_t[..., 1], top_d[..., 0] - top_d[..., 1])
+        return (token_id.to(torch.int32), token_prob, duration.to(torch.int32), top2_margin(token_logits),
+                top2_margin(duration_logits))
+
+
+def top2_margin(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus top-2 over the last axis: how far a decision is from flipping."""
+    top = logits.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
 
 
 def preprocessor_module(model) -> nn.Module:
@@ -485,15 +486,16 @@ def token_call(token: int) -> dict[str, np.ndarray]:
     return {"targets": np.array([[token]], np.int32), "target_length": np.array([1], np.int32)}
 
 
-def decoder_stream(model, tokens) -> list[np.ndarray]:
-    """The torch decoder's output ``[1, H, 1]`` after each token of ``tokens``, state carried from zero."""
+def decoder_stream(model, tokens) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """The torch decoder's output ``[1, H, 1]`` after each token of ``tokens`` (state carried from zero), and the
+    state after the last one."""
     d, module = dims(model), decoder_module(model)
     state, outputs = initial_state(d), []
     for token in tokens:
         g, h, c = _run(module, *token_call(token).values(), state["h_in"], state["c_in"])
         state = {"h_in": h, "c_in": c}
         outputs.append(g)
-    return outputs
+    return outputs, state
 
 
 # Text the decoder is fed token by token (a real sentence through the model's own tokenizer, as during decoding:
@@ -541,14 +543,14 @@ def clip_encoder_output(model, waveform) -> tuple[np.ndarray, int]:
 
 def _clip_joint(model, waveform):
     enc, _ = clip_encoder_output(model, waveform)
-    g = decoder_stream(model, decoder_tokens(model))
+    g, _ = decoder_stream(model, decoder_tokens(model))
     return [{"encoder": enc, "decoder": g[k]} for k in JOINT_DECODER_STEPS if k < len(g)]
 
 
 def _clip_joint_step(model, waveform):
     """Every valid encoder frame of the clip, each with the decoder output of a different step of the sentence."""
     enc, length = clip_encoder_output(model, waveform)
-    g = decoder_stream(model, decoder_tokens(model))
+    g, _ = decoder_stream(model, decoder_tokens(model))
     return [{"encoder": np.ascontiguousarray(enc[:, :, t:t + 1]), "decoder": g[t % len(g)]} for t in range(length)]
 
 
@@ -591,21 +593,12 @@ def _random_token_history(d: Dims):
     return st.lists(st.integers(0, d.vocab_size - 1), max_size=16).map(lambda ids: [d.blank_id] + ids)
 
 
-def _decoder_state_after(model, tokens) -> dict[str, np.ndarray]:
-    d, module = dims(model), decoder_module(model)
-    state = initial_state(d)
-    for token in tokens:
-        _, h, c = _run(module, *token_call(token).values(), state["h_in"], state["c_in"])
-        state = {"h_in": h, "c_in": c}
-    return state
-
-
 def _random_decoder(model):
     """Any token (blank included) from a state the decoder reaches: after a random history of 0-16 tokens."""
     from hypothesis import strategies as st
 
     d = dims(model)
-    return st.builds(lambda history, token: {**token_call(token), **_decoder_state_after(model, history)},
+    return st.builds(lambda history, token: {**token_call(token), **decoder_stream(model, history)[1]},
                      _random_token_history(d), st.integers(0, d.blank_id))
 
 
@@ -617,7 +610,7 @@ def _random_joint_inputs(model, single_frame: bool):
 
     def build(call, history, frame):
         enc, length = _run(mel_encoder, *call.values())
-        g = decoder_stream(model, history)[-1]
+        g = decoder_stream(model, history)[0][-1]
         if single_frame:
             t = frame % max(int(length[0]), 1)
             enc = np.ascontiguousarray(enc[:, :, t:t + 1])
@@ -671,9 +664,7 @@ class ParakeetJointWithMargins(nn.Module):
 
     def forward(self, encoder, decoder):
         logits = joint_logits(self.joint, encoder, decoder)
-        top_t = logits[..., : self.num_tokens].topk(2, dim=-1).values
-        top_d = logits[..., self.num_tokens:].topk(2, dim=-1).values
-        return (logits, top_t[..., 0] - top_t[..., 1], top_d[..., 0] - top_d[..., 1],
+        return (logits, top2_margin(logits[..., : self.num_tokens]), top2_margin(logits[..., self.num_tokens:]),
                 torch.tensor([self.num_tokens]))
 
 
