@@ -117,18 +117,20 @@ def _check_durations(durations: Sequence[int]) -> list[int]:
         raise ValueError(f"durations: expected a sequence of non-negative integers, got {durations!r}") from None
     if not values:
         raise ValueError("durations: expected at least one duration, got an empty sequence")
-    out = []
-    for i, d in enumerate(values):
-        if isinstance(d, (bool, np.bool_)):
-            raise ValueError(f"durations[{i}]: expected a non-negative integer, got {d!r}")
-        try:
-            d = operator.index(d)
-        except TypeError:
-            raise ValueError(f"durations[{i}]: expected a non-negative integer, got {d!r}") from None
-        if d < 0:
-            raise ValueError(f"durations[{i}]: expected a non-negative integer, got {d}")
-        out.append(d)
-    return out
+    return [_integer(f"durations[{i}]", d, 0, "a non-negative integer") for i, d in enumerate(values)]
+
+
+def _integer(name: str, value: Any, minimum: int, expected: str) -> int:
+    """``value`` as a python int ``>= minimum`` (bools and floats refused), else a ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -179,14 +181,9 @@ def greedy_tdt_decode(encoder_out: np.ndarray,
     if not 0 <= length <= total_frames:
         raise ValueError(f"encoder_length: expected 0 <= encoder_length <= T = {total_frames} "
                          f"(encoder_out {list(arr.shape)}), got {length}")
-    if isinstance(blank_id, (bool, np.bool_)) or not isinstance(blank_id, (int, np.integer)) or blank_id < 1:
-        raise ValueError(f"blank_id: expected an integer >= 1 (the vocabulary size), got {blank_id!r}")
-    blank_id = int(blank_id)
+    blank_id = _integer("blank_id", blank_id, 1, "an integer >= 1 (the vocabulary size)")
     duration_values = _check_durations(durations)
-    if (isinstance(max_symbols_per_frame, (bool, np.bool_)) or not isinstance(max_symbols_per_frame, (int, np.integer))
-            or max_symbols_per_frame < 1):
-        raise ValueError(f"max_symbols_per_frame: expected an integer >= 1, got {max_symbols_per_frame!r}")
-    max_symbols = int(max_symbols_per_frame)
+    max_symbols = _integer("max_symbols_per_frame", max_symbols_per_frame, 1, "an integer >= 1")
     num_tokens = blank_id + 1
     num_logits = num_tokens + len(duration_values)
 
