@@ -1,24 +1,15 @@
-"""pytest plugin of coreml-parity: options and fixtures shared by every test."""
+"""Repository conftest: the parity plugin for runs from a checkout that is not installed (installed, the plugin
+comes through its ``pytest11`` entry point under the same name, so it is not registered twice), and a speed-up
+for the hundreds of tiny conversions the tests make."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
 
-# --backend, --export-dir, --report-dir, the parity_* parametrization, the export-once session, the report.
+# --backend, --export-dir, --report-dir, family options, hypothesis profiles, parametrization, the report.
 pytest_plugins = ["conversions.pytest_plugin"]
-
-# Conversions take ~0.1-1 s each: hypothesis examples are few and have no deadline.
-settings.register_profile("default", max_examples=8, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.register_profile("thorough", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-# CI: the same examples on every run (a red CI must be reproducible); locally, new examples each run.
-settings.register_profile("ci", max_examples=8, deadline=None, derandomize=True, database=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools' conversion progress bars would flood the logs
 

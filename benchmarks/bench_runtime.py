@@ -98,7 +98,7 @@ def median_seconds(fn, repeat: int, warmup: int = 3) -> float:
 
 
 def silero_workload():
-    from conversions.vad import silero
+    from conversions.models.silero_vad import modules as silero
 
     module = silero.build_clean_model().eval()
     torch.manual_seed(0)

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -41,25 +40,32 @@ def _parse_inputs(pairs: list[str]) -> dict[str, np.ndarray]:
     return feeds
 
 
+def _check_output_path(path: str) -> None:
+    """Fail before any work if the outputs could not be written to ``path``."""
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"--output {path}: directory {out_dir!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"--output {path}: is a directory; give a file name (.npz)")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {path}: directory {out_dir!r} is not writable")
+
+
 def _predict(args) -> int:
+    from .files import atomic_path
     from .runtime import load_model
 
+    _check_output_path(args.output)
     feeds = _parse_inputs(args.input)
     kwargs = {"compute_units": args.compute_units}
     if args.backend != "coreml":
         kwargs["precision"] = args.precision
     model = load_model(args.model, backend=args.backend, **kwargs)
     outputs = model.predict(feeds)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **outputs)
-        os.replace(tmp, args.output)  # never leave a half-written file under the requested name
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # Never a half-written file under the requested name. A file object, not a path: np.savez would append
+    # ".npz" to a temporary name without that suffix.
+    with atomic_path(args.output) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **outputs)
     for name, arr in outputs.items():
         print(f"{name}: {arr.dtype} {list(arr.shape)}")
     print(f"wrote {args.output}")

@@ -28,11 +28,6 @@ from .registry import Component, ModelFamily, Variant
 
 Feeds = dict[str, np.ndarray]
 
-# Audio per call of a component that declares no ``step_ms``. Silero's stft and encoder take the same 576-sample
-# window as the streaming model and advance by its 512-sample chunk: 32 ms at 16 kHz. A family whose stateless
-# components advance by another step should declare ``step_ms`` on them rather than rely on this.
-DEFAULT_AUDIO_MS_PER_CALL = 32.0
-
 # pytest-benchmark options (their ``dest`` names in pytest_benchmark/plugin.py) that ask for timings: with none of
 # them a test session runs each benchmarked function once, as a smoke test. Histograms and cProfile need timed
 # rounds too, so they count as asking.
@@ -95,8 +90,12 @@ def realistic_feeds(call_feeds: Sequence[Mapping[str, np.ndarray]], initial_stat
 
 
 def audio_ms_per_call(component: Component) -> float:
-    """Milliseconds of audio one call of ``component`` advances through (see :data:`DEFAULT_AUDIO_MS_PER_CALL`)."""
-    return float(component.step_ms or DEFAULT_AUDIO_MS_PER_CALL)
+    """Milliseconds of audio one call of ``component`` advances through, as its declaration says."""
+    value = getattr(component, "audio_ms_per_call", None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"component {getattr(component, 'name', component)!r}: audio_ms_per_call must be a positive "
+                         f"number of milliseconds, got {value!r}")
+    return float(value)
 
 
 @dataclass

@@ -6,11 +6,12 @@
   read back from the converted program (its compute precision, its specification version), plus the tool
   versions.
 - :class:`ExportCache` keeps exported ``.mlpackage`` directories on disk, keyed by a hash of everything that
-  decides their content (:func:`export_key`): the converter's source file, the reference weights, the
+  decides their content (:func:`export_key`): the sources of the converter's family package, the reference weights, the
   conversion options and the coremltools/torch/numpy versions. An unchanged model is never re-exported across
   runs. Exports are serialized per key with a file lock (one pytest-xdist worker exports, the others wait and
   reuse) and written to a temporary directory that is renamed into place only when complete, so a run killed
-  mid-export never leaves a package that a later run trusts.
+  mid-export never leaves a package that a later run trusts; a digest of every file is recorded at export and
+  checked on use, so a package damaged later (truncated, a flipped bit) is re-exported, never trusted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_write
 
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_TARGET = "iOS17"
@@ -171,15 +174,28 @@ def tool_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def converter_sources(converter: Callable) -> list[Path]:
+    """The source files an export of ``converter`` depends on: every module of its family package (the torch
+    modules it traces, its inputs and bounds live beside it), or its own file when it is a top-level module."""
+    source = Path(inspect.getsourcefile(converter)).resolve()
+    module = getattr(converter, "__module__", "") or ""
+    if "." in module and (source.parent / "__init__.py").is_file():
+        return sorted(source.parent.rglob("*.py"))
+    return [source]
+
+
 def export_key(converter: Callable, weights: str, options: Mapping[str, object]) -> str:
-    """Hex digest identifying an export: the source file defining ``converter`` (any change to it, or to this
-    export path, re-exports), the weights digest, the options and the tool versions."""
+    """Hex digest identifying an export: the sources of ``converter``'s family package (:func:`converter_sources`:
+    any change to its torch modules or converters re-exports), this export path, the weights digest, the options and
+    the tool versions."""
     # inspect_model decides the metadata recorded in each package (its compute precision, its target).
     from . import inspect_model
 
-    sources = {Path(inspect.getsourcefile(converter)).name: file_digest(inspect.getsourcefile(converter)),
-               Path(__file__).name: file_digest(__file__),
-               Path(inspect_model.__file__).name: file_digest(inspect_model.__file__)}
+    family_sources = converter_sources(converter)
+    root = family_sources[0].parent
+    sources = {f"family/{p.relative_to(root).as_posix()}": file_digest(p) for p in family_sources}
+    sources.update({Path(__file__).name: file_digest(__file__),
+                    Path(inspect_model.__file__).name: file_digest(inspect_model.__file__)})
     payload = {"format": CACHE_FORMAT, "converter": f"{converter.__module__}.{converter.__qualname__}",
                "sources": sources, "weights": weights, "options": dict(sorted(options.items())),
                "versions": tool_versions()}
@@ -199,10 +215,14 @@ class ExportedPackage:
 
 
 class ExportCache:
-    """``.mlpackage`` directories under ``directory``, named ``<name>-<key[:16]>.mlpackage``.
+    """``.mlpackage`` directories under ``directory``, named ``<name>-<key[:16]>.mlpackage``, each with a digest
+    file beside it (``<package>.sha256``: one line per file of the package, its sha256 and relative path).
 
-    A package is trusted only if its final directory exists and holds a ``Manifest.json``: the final name is
-    created by one ``os.rename`` of a fully saved temporary directory, so it exists only when complete.
+    A package is trusted only if it is complete (its final directory holds a ``Manifest.json``: the final name is
+    created by one ``os.rename`` of a fully saved temporary directory) **and** its files still match the digest
+    recorded when it was exported. A truncated ``weight.bin``, a flipped bit or a deleted file is found on use:
+    the package is re-exported with a warning naming what differed, instead of failing every later run (or being
+    blamed on an op as a conversion error).
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -214,32 +234,77 @@ class ExportCache:
         return self.directory / f"{name}-{key[:16]}.mlpackage"
 
     def get_or_export(self, name: str, key: str, build: Callable[[], object]) -> ExportedPackage:
-        """The cached package for (``name``, ``key``), exporting it with ``build() -> MLModel`` if missing."""
+        """The cached package for (``name``, ``key``), exporting it with ``build() -> MLModel`` if missing or if it
+        no longer matches its recorded digest."""
         from filelock import FileLock
 
         final = self.path_for(name, key)
-        if _complete(final):
+        if _trusted(final, warn=False):
             return ExportedPackage(final, key, reused=True)
         self.directory.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final.with_suffix(".lock"))):
-            if _complete(final):  # another process exported it while we waited
+            if _trusted(final, warn=True):  # another process exported it while we waited
                 return ExportedPackage(final, key, reused=True)
             # Whoever held the lock before us and left these is dead: nobody writes them without the lock.
             for stale in self.directory.glob(glob.escape(f".tmp-{final.stem}-") + "*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            if final.exists():  # not complete: a copy or an older, non-atomic writer
+            if final.exists():  # not complete or not matching its digest: a copy, an older writer, a damaged file
                 shutil.rmtree(final)
+            digest_path = _digest_path(final)
+            digest_path.unlink(missing_ok=True)
             tmp = self.directory / f".tmp-{final.stem}-{os.getpid()}-{uuid.uuid4().hex[:8]}.mlpackage"
             try:
                 build().save(str(tmp))
                 if not _complete(tmp):
                     raise RuntimeError(f"saving {name} produced no {tmp / 'Manifest.json'}")
+                atomic_write(digest_path, package_digest(tmp))
                 os.rename(tmp, final)
+            except BaseException:
+                digest_path.unlink(missing_ok=True)
+                raise
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return ExportedPackage(final, key, reused=False)
 
 
+def package_digest(path: str | os.PathLike) -> str:
+    """One line per file of a package directory, ``<sha256>  <relative path>``, sorted by path."""
+    root = Path(path)
+    lines = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h = hashlib.sha256()
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+        lines.append(f"{h.hexdigest()}  {f.relative_to(root).as_posix()}")
+    return "\n".join(lines) + "\n"
+
+
+def _digest_path(package: Path) -> Path:
+    return package.with_name(package.name + ".sha256")
+
+
 def _complete(path: Path) -> bool:
     return (path / "Manifest.json").is_file()
+
+
+def _trusted(package: Path, warn: bool) -> bool:
+    """Complete and matching its recorded digest. With ``warn``, say why a complete package is not trusted."""
+    if not _complete(package):
+        return False
+    try:
+        recorded = _digest_path(package).read_text()
+    except OSError:
+        problem = f"{_digest_path(package).name} (its digest) is missing"
+    else:
+        current = package_digest(package)
+        if current == recorded:
+            return True
+        before = dict(reversed(line.split("  ", 1)) for line in recorded.splitlines() if "  " in line)
+        after = dict(reversed(line.split("  ", 1)) for line in current.splitlines() if "  " in line)
+        changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+        problem = f"files differ from their digest: {', '.join(changed[:5]) or 'digest file unreadable'}"
+    if warn:
+        warnings.warn(f"export cache: {package} is not trusted ({problem}); re-exporting it", stacklevel=3)
+    return False

@@ -21,18 +21,45 @@ from .registry import Bound
 
 Feeds = dict[str, np.ndarray]
 
-# Slack of the figures pinned in the snapshot baselines (tests/__snapshots__/). On the portable runtime a package's
-# figures are deterministic (same tools, same package); the slack absorbs what a harmless converter or tool change
-# moves (op order, the rounding of a scale), while a real degradation moves them by far more. An error may grow by
-# a tenth of its declared tolerance before the baseline gate fails, even while it is still inside the tolerance.
+# ---- what the snapshot baselines pin, and how (the rule, written once) -------------------------------------------
+# A baseline (tests/__snapshots__/) must hold on any CPU that runs the same code on the same model: it pins signal,
+# never rounding noise. torch picks other kernels on other CPUs (ATEN_CPU_CAPABILITY=default / avx2 / avx512 here),
+# which changes summation order, hence the last bits of fp32 results and, after fp16 rounding, sometimes one fp16
+# ulp. So:
+#
+# 1. PSNR is pinned at most PSNR_PIN_CAP_DB. Above it (max|ref| / rmse > 1e5) the error is fp32 rounding noise
+#    whose exact figure depends on the kernels: measured 146.8 vs 144.5 dB for Silero's fp32 256 ms probability
+#    under this machine's AVX512 vs default kernels. A real regression of an fp32 program drops it far below 100 dB.
+# 2. max_abs (of outputs with an elementwise bound) is pinned at no less than MAX_ABS_PIN_FLOOR_FRACTION of its
+#    tolerance: an error that small is far inside its bound and its exact value is the kernels' (fp32 summation
+#    order: 1.7e-6 vs 3e-6 on a 1e-5 tolerance). It may grow by MAX_ABS_SLACK_FRACTION of its tolerance beyond
+#    the pinned value before the gate fails, even while it is still inside the tolerance.
+# 3. Qualities (1 - relative L2 error) may fall by QUALITY_SLACK; PSNR by PSNR_SLACK_DB; task figures by the slack
+#    their TaskMetric declares (every figure a task metric returns is pinned or declared informational).
+# 4. Sizes (weight bytes) may not grow at all: they are integers decided by the strategy, not by arithmetic.
+# 5. The default models are bit-identical on every machine (weights shipped in a package or committed, never
+#    fitted at test time), so the figures describe the same model everywhere.
+#
+# Measured when the rule was set: the whole CI profile passes under ATEN_CPU_CAPABILITY=default, =avx2 and the
+# native (AVX512) kernels, and with --torch-threads 2; tests/test_cpu_independence.py re-runs a representative
+# slice under the default kernels and under 2 threads on every CI run.
 MAX_ABS_SLACK_FRACTION = 0.1
+MAX_ABS_PIN_FLOOR_FRACTION = 0.25
 PSNR_SLACK_DB = 1.0
-PSNR_PIN_CAP_DB = 200.0  # beyond this a PSNR says "fp32 rounding noise" (or exact): pin the cap, not inf
+PSNR_PIN_CAP_DB = 100.0
 QUALITY_SLACK = 0.002
-TASK_SLACK = {"decision_agreement": 0.01, "segment_f1": 0.05,  # VAD
-              # ASR decisions (token / duration argmax of the joint), overall and where the reference is confident
-              "token_agreement": 0.01, "duration_agreement": 0.01,
-              "confident_token_agreement": 0.005, "confident_duration_agreement": 0.005}
+
+
+def pinned_max_abs(value: float, tolerance: float) -> float:
+    """What a baseline stores for an error of ``value`` under a tolerance (rule 2)."""
+    return max(float(value), MAX_ABS_PIN_FLOOR_FRACTION * float(tolerance))
+
+
+def pinned_psnr(value: float) -> float:
+    """What a baseline stores for a PSNR of ``value`` dB (rule 1)."""
+    return min(float(value), PSNR_PIN_CAP_DB)
+
+
 Runner = Callable[[Feeds], Feeds]
 
 
@@ -172,18 +199,41 @@ def failure_message(label: str, checks: Sequence[OutputCheck], task_failures: Se
     return "\n".join(lines)
 
 
-def pinned_parity_metrics(checks: Sequence[OutputCheck], task: Mapping[str, float]) -> dict:
-    """The clip figures a parity test pins in its snapshot baseline (:mod:`conversions.snapshots`)."""
+def pinned_parity_metrics(checks: Sequence[OutputCheck], task: Mapping[str, float], task_metric=None) -> dict:
+    """The clip figures a parity test pins in its snapshot baseline (:mod:`conversions.snapshots`), per the rule
+    above; ``task_metric`` (a :class:`~conversions.registry.TaskMetric`) says which task figures and their slack."""
     from .snapshots import Metric
 
     pinned = {}
     for c in checks:
         if c.problem:
             continue
-        tolerance = c.bound.atol if c.bound.atol is not None else c.metrics["max_abs"]
-        pinned[f"{c.name}.max_abs"] = Metric(c.metrics["max_abs"], "lower", slack=MAX_ABS_SLACK_FRACTION * tolerance)
-        pinned[f"{c.name}.psnr_db"] = Metric(min(c.metrics["psnr_db"], PSNR_PIN_CAP_DB), "higher", slack=PSNR_SLACK_DB)
-    for metric, slack in TASK_SLACK.items():
-        if metric in task:
-            pinned[f"task.{metric}"] = Metric(task[metric], "higher", slack=slack)
+        # An output without an elementwise bound has no stable worst element (or is an index judged by the task
+        # metric): its max_abs is not pinned; nor is the PSNR of one without a PSNR floor (decisions).
+        if c.bound.atol is not None:
+            pinned[f"{c.name}.max_abs"] = Metric(pinned_max_abs(c.metrics["max_abs"], c.bound.atol), "lower",
+                                                 slack=MAX_ABS_SLACK_FRACTION * c.bound.atol)
+        if np.isfinite(c.bound.psnr_min_db):
+            pinned[f"{c.name}.psnr_db"] = Metric(pinned_psnr(c.metrics["psnr_db"]), "higher", slack=PSNR_SLACK_DB)
+    if task_metric is not None:
+        for name, (value, slack) in task_metric.pinned(task).items():
+            pinned[f"task.{name}"] = Metric(value, "higher", slack=slack)
+    return pinned
+
+
+def pinned_quantization_metrics(outputs: Mapping[str, Mapping[str, float]], weight_bytes: int,
+                                task: Mapping[str, float], task_metric=None) -> dict:
+    """The figures a quantization test pins, per the rule above: per output quality vs torch and vs the fp16
+    package and PSNR vs torch; task figures; weight bytes (which may not grow)."""
+    from .snapshots import Metric
+
+    pinned = {"weight_bytes": Metric(int(weight_bytes), "lower", slack=0)}
+    for name, figures in outputs.items():
+        pinned[f"{name}.quality_vs_torch"] = Metric(figures["quality_vs_torch"], "higher", slack=QUALITY_SLACK)
+        pinned[f"{name}.quality_vs_baseline"] = Metric(figures["quality_vs_baseline"], "higher", slack=QUALITY_SLACK)
+        pinned[f"{name}.psnr_vs_torch_db"] = Metric(pinned_psnr(figures["psnr_vs_torch_db"]), "higher",
+                                                    slack=PSNR_SLACK_DB)
+    if task_metric is not None:
+        for name, (value, slack) in task_metric.pinned(task).items():
+            pinned[f"task.{name}"] = Metric(value, "higher", slack=slack)
     return pinned

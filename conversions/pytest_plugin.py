@@ -1,16 +1,25 @@
-"""pytest plugin of the parity suite (loaded by the repository's ``conftest.py``).
+"""pytest plugin of the parity suite, registered through the ``pytest11`` entry point of the installed package (and
+by the repository's ``conftest.py`` when run from a checkout without installing), so its options exist whatever the
+rootdir and however paths are written (``--export-dir /abs/dir``).
 
 Options:
   ``--backend LIST``     narrow the variants: ``mil``, ``coreml`` or variant ids (``mil-fp16,coreml-all-fp16``)
   ``--export-dir DIR``   the export cache (default ``<rootdir>/.cache/exports``)
   ``--report-dir DIR``   where ``<model>/metadata.json`` and the plots go (default ``<rootdir>/build/report``)
+  ``--torch-threads N``  torch threads while checking (default 1)
+  ``--<family>-...``     each family's own model-source options (``ModelFamily.options``)
 
-Parametrization: any test taking ``parity_case`` runs once per (model family, component, variant) declared in
-:mod:`conversions.registry`, with ids like ``silero-vad/unified-36ms/mil-fp16``; ``parity_component`` once per
-(family, component); ``parity_export`` once per (family, component, program precision); ``parity_family`` once per
-family. The ``parity`` session fixture exports each (family, component, precision) once per session and reuses
-the on-disk cache across sessions; parity tests hand it their results, and at the end of the session the
-controller process (also under pytest-xdist) writes the report.
+Both directories are created and probed for writing at startup: an impossible path is a usage error, not a
+traceback per test.
+
+Parametrization (every family of :mod:`conversions.registry`, as configured by its options): ``parity_case`` runs
+once per (family, component, variant), ids like ``silero-vad/unified-36ms/mil-fp16``; ``quantization_case`` per
+(family, swept component, strategy, fp16 variant); ``compression_case`` per (family, swept component, strategy);
+``pipeline_case`` per (family, pipeline check, variant or ``torch``); ``bench_case`` per (family, component,
+engine); ``parity_upstream``, ``parity_export`` and ``parity_family`` per component, export and family. The
+``parity`` session fixture exports each (family, component, precision) once per session and reuses the on-disk
+cache across sessions; tests hand it their results, and at the end of the session the controller process (also
+under pytest-xdist) writes the report.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ RECORDS_ENV = "COREML_PARITY_RECORDS_DIR"
 GENERATED_IDS = pytest.StashKey[set]()
 REPORT_PATHS = pytest.StashKey[list]()
 IMPROVEMENTS = pytest.StashKey[list]()
+FAMILIES = pytest.StashKey[tuple]()
+MAX_TORCH_THREADS_PER_CORE = 4  # beyond this torch only thrashes (and 100000 threads crash it)
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,31 @@ class ParityCase:
     @property
     def id(self) -> str:
         return f"{self.family.name}/{self.component.name}/{self.variant.id}"
+
+
+@dataclass(frozen=True)
+class PipelineCase:
+    family: registry.ModelFamily
+    pipeline: registry.PipelineCheck
+    variant: registry.Variant | None  # None: the torch components
+
+    @property
+    def id(self) -> str:
+        return f"{self.family.name}/{self.pipeline.name}/{self.variant.id if self.variant else 'torch'}"
+
+
+# ---- hypothesis profiles (here, so that any project using the plugin has them) ----------------------------------
+def _register_hypothesis_profiles() -> None:
+    from hypothesis import HealthCheck, settings
+
+    # Conversions take ~0.1-1 s each: hypothesis examples are few and have no deadline.
+    quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    settings.register_profile("default", max_examples=8, deadline=None, suppress_health_check=quiet)
+    settings.register_profile("thorough", max_examples=60, deadline=None, suppress_health_check=quiet)
+    # CI: the same examples on every run (a red CI must be reproducible); locally, new examples each run.
+    settings.register_profile("ci", max_examples=8, deadline=None, derandomize=True, database=None,
+                              suppress_health_check=quiet)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 
 # ---- options -----------------------------------------------------------------------------------------------
@@ -59,14 +95,24 @@ def pytest_addoption(parser):
                     help="torch intra-op threads while checking parity (default 1: torch's and the portable runtime's "
                          "summation order, hence fp16 figures and their baselines, do not depend on the machine's core "
                          "count; 0 keeps torch's default). Timed benchmark runs keep torch's default.")
-    group.addoption("--nemo-path", default=None, metavar="FILE.nemo",
-                    help="Parakeet TDT: check this NeMo checkpoint (EncDecRNNTBPEModel.restore_from) instead of the "
-                         "offline tiny random-weight model")
-    group.addoption("--model-id", default=None, metavar="ID",
-                    help="Parakeet TDT: download this Hugging Face model (e.g. nvidia/parakeet-tdt-0.6b-v3) at a pinned "
-                         "revision and check it")
-    group.addoption("--model-revision", default=None, metavar="REV",
-                    help="revision (commit) of --model-id (default: the revision pinned in conversions/stt/nemo_models.py)")
+    for family in registry.families():
+        for option in family.options:
+            group.addoption(option.flag, dest=option.dest, default=None, metavar=option.metavar,
+                            help=f"[{family.name}] {option.help}")
+
+
+def configured_families(config) -> tuple[registry.ModelFamily, ...]:
+    """Every declared family, configured by its own options (a user's checkpoint instead of the default model)."""
+    if FAMILIES not in config.stash:
+        configured = []
+        for family in registry.families():
+            values = {o.dest: config.getoption(o.dest, default=None) for o in family.options}
+            try:
+                configured.append(family.with_options(values))
+            except ValueError as e:
+                raise pytest.UsageError(str(e)) from None
+        config.stash[FAMILIES] = tuple(configured)
+    return config.stash[FAMILIES]
 
 
 def selected_variants(config) -> tuple[registry.Variant, ...]:
@@ -86,32 +132,33 @@ def report_dir(config) -> Path:
     return Path(value).resolve() if value else Path(config.rootpath) / "build" / "report"
 
 
+def _check_writable(option: str, directory: Path) -> None:
+    """Create ``directory`` and write a probe file in it, or fail the run at startup naming the option."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise pytest.UsageError(f"{option} {directory}: cannot create or write there ({e.strerror or e})") from None
+
+
 def _is_worker(config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _select_model_source(config) -> None:
-    """--nemo-path / --model-id reach the family modules (and pytest-xdist workers) through the environment."""
-    from .stt import parakeet_tdt as p
-
-    nemo_path, model_id = config.getoption("--nemo-path"), config.getoption("--model-id")
-    if nemo_path and model_id:
-        raise pytest.UsageError("--nemo-path and --model-id name two models: give one")
-    if nemo_path:
-        path = Path(nemo_path).resolve()
-        if not path.is_file():
-            raise pytest.UsageError(f"--nemo-path: {path} does not exist")
-        os.environ[p.NEMO_PATH_ENV] = str(path)
-    if model_id:
-        os.environ[p.MODEL_ID_ENV] = model_id
-        if config.getoption("--model-revision"):
-            os.environ[p.MODEL_REVISION_ENV] = config.getoption("--model-revision")
-
-
 def pytest_configure(config):
+    _register_hypothesis_profiles()
     selected_variants(config)  # a bad --backend fails at startup
+    configured_families(config)  # bad model-source options fail at startup
+    threads = config.getoption("--torch-threads")
+    most = MAX_TORCH_THREADS_PER_CORE * (os.cpu_count() or 1)
+    if not 0 <= threads <= most:
+        raise pytest.UsageError(f"--torch-threads must be between 0 (torch's default) and {most} "
+                                f"({MAX_TORCH_THREADS_PER_CORE} per core of this machine), got {threads}")
     if not _is_worker(config):
-        _select_model_source(config)
+        _check_writable("--export-dir", export_dir(config))
+        _check_writable("--report-dir", report_dir(config))
     config.stash[GENERATED_IDS] = set()
     if not _is_worker(config):
         # xdist workers start after this and inherit the environment: all processes write to one directory.
@@ -120,9 +167,6 @@ def pytest_configure(config):
 
     disable_unless_requested(config)  # a plain run executes each benchmark body once, untimed
     timing = any(config.getoption(name, default=None) for name in REQUEST_OPTIONS)
-    threads = config.getoption("--torch-threads")
-    if threads < 0:
-        raise pytest.UsageError(f"--torch-threads must be >= 0, got {threads}")
     if threads and not timing:
         # Measured: Parakeet's fp16 fused mel+encoder on the clip differs from torch by 5.8e-3 with 2 threads
         # and 7.4e-3 with 1 (matmul/conv summation order, then fp16 rounding), more than a baseline's slack.
@@ -133,39 +177,50 @@ def pytest_configure(config):
 
 # ---- parametrization -----------------------------------------------------------------------------------------
 def pytest_generate_tests(metafunc):
-    families = registry.families()
+    config = metafunc.config
+    families = configured_families(config)
+    variants = selected_variants(config)
     name = metafunc.function.__name__
+    generated = config.stash[GENERATED_IDS]
+
+    def parametrize(argname, values, ids):
+        metafunc.parametrize(argname, values, ids=ids)
+        generated.update(f"{name}[{i}]" for i in ids)
+
     if "parity_case" in metafunc.fixturenames:
-        cases = [ParityCase(f, c, v) for f in families for c in f.components for v in selected_variants(metafunc.config)]
-        metafunc.parametrize("parity_case", cases, ids=[c.id for c in cases])
-        metafunc.config.stash[GENERATED_IDS].update(f"{name}[{c.id}]" for c in cases)
+        cases = [ParityCase(f, c, v) for f in families for c in f.components for v in variants]
+        parametrize("parity_case", cases, [c.id for c in cases])
     if "quantization_case" in metafunc.fixturenames:
         from .quantize import STRATEGIES
 
-        variants = [v for v in selected_variants(metafunc.config) if v.program_precision == "fp16"]
+        fp16 = [v for v in variants if v.program_precision == "fp16"]
         cases = [(ParityCase(f, c, v), s) for f in families for c in f.swept_components for s in STRATEGIES
-                 for v in variants]
-        ids = [f"{case.family.name}/{case.component.name}/{s}/{case.variant.id}" for case, s in cases]
-        metafunc.parametrize("quantization_case", [
-            pytest.param(case_and_strategy, marks=_inapplicable_marks(case_and_strategy[0].family,
-                                                                      case_and_strategy[0].component,
-                                                                      case_and_strategy[1]))
-            for case_and_strategy in cases], ids=ids)
-        metafunc.config.stash[GENERATED_IDS].update(f"{name}[{i}]" for i in ids)
+                 for v in fp16]
+        parametrize("quantization_case",
+                    [pytest.param(cs, marks=_inapplicable_marks(cs[0].family, cs[0].component, cs[1])) for cs in cases],
+                    [f"{case.family.name}/{case.component.name}/{s}/{case.variant.id}" for case, s in cases])
     if "compression_case" in metafunc.fixturenames:
         from .quantize import STRATEGIES
 
         triples = [(f, c, s) for f in families for c in f.swept_components for s in STRATEGIES]
-        metafunc.parametrize("compression_case", [pytest.param(t, marks=_inapplicable_marks(*t)) for t in triples],
-                             ids=[f"{f.name}/{c.name}/{s}" for f, c, s in triples])
+        parametrize("compression_case", [pytest.param(t, marks=_inapplicable_marks(*t)) for t in triples],
+                    [f"{f.name}/{c.name}/{s}" for f, c, s in triples])
+    if "pipeline_case" in metafunc.fixturenames:
+        cases = [PipelineCase(f, p, v) for f in families for p in f.pipelines for v in (None, *variants)]
+        parametrize("pipeline_case", cases, [c.id for c in cases])
+    if "bench_case" in metafunc.fixturenames:
+        from .benchmarking import bench_cases
+
+        cases = bench_cases(families, variants)
+        parametrize("bench_case", cases, [c.id for c in cases])
     if "parity_upstream" in metafunc.fixturenames:
         pairs = [(f, c) for f in families for c in f.components if c.upstream is not None]
-        metafunc.parametrize("parity_upstream", pairs, ids=[f"{f.name}/{c.name}" for f, c in pairs])
+        parametrize("parity_upstream", pairs, [f"{f.name}/{c.name}" for f, c in pairs])
     if "parity_export" in metafunc.fixturenames:
         triples = [(f, c, p) for f in families for c in f.components for p in registry.PRECISIONS]
-        metafunc.parametrize("parity_export", triples, ids=[f"{f.name}/{c.name}/{p}" for f, c, p in triples])
+        parametrize("parity_export", triples, [f"{f.name}/{c.name}/{p}" for f, c, p in triples])
     if "parity_family" in metafunc.fixturenames:
-        metafunc.parametrize("parity_family", families, ids=[f.name for f in families])
+        parametrize("parity_family", families, [f.name for f in families])
 
 
 def _inapplicable_marks(family, component, strategy: str):
@@ -204,7 +259,7 @@ class ParitySession:
             pytest.skip(f"{family.name}: {', '.join(missing)} not installed ({family.install_hint or 'see README'})")
 
         def build():
-            model = family.build_reference()
+            model = family.build()
             return model, weights_digest(model)
 
         return self._once(("reference", family.name), build)
@@ -224,7 +279,8 @@ class ParitySession:
                                                           "precision": precision, "target": target})
             suffix = "" if target == DEFAULT_TARGET else f"-{target}"
             return self.cache.get_or_export(f"{family.name}-{component.name}-{precision}{suffix}", key,
-                                            lambda: component.convert(model, precision, target))
+                                            lambda: _stamped(component.convert(model, precision, target), family,
+                                                             component))
 
         return self._once(("package", family.name, component.name, precision, target), build)
 
@@ -252,7 +308,7 @@ class ParitySession:
             recipe_path = self.cache.path_for(name, key).with_suffix(".recipe.json")
 
             def compress():
-                mlmodel = component.convert(model, "fp16", strategy.min_target)
+                mlmodel = _stamped(component.convert(model, "fp16", strategy.min_target), family, component)
                 if not mixed:
                     return strategy.apply(mlmodel, exclude)
                 baseline = self.stream_primary(family, component, base.path)
@@ -272,7 +328,13 @@ class ParitySession:
         (:class:`conversions.parity.StreamResult`)."""
         from .parity import run_stream
 
-        return run_stream(run, self.clip_feeds(family, component), component.state, component.initial_state())
+        return run_stream(run, self.clip_feeds(family, component), component.state,
+                          self.initial_state(family, component))
+
+    def initial_state(self, family, component) -> dict:
+        """The component's state inputs before the first call (their shapes may depend on the model)."""
+        return self._once(("initial-state", family.name, component.name),
+                          lambda: component.initial_state(self.reference(family)[0]))
 
     def stream_primary(self, family, component, model_or_path) -> np.ndarray:
         """The component's first output streamed over the clip on the portable runtime (fp16 storage)."""
@@ -340,6 +402,16 @@ class ParitySession:
         write_record(self.records_dir, record)
 
 
+def _stamped(mlmodel, family, component):
+    """The converted model with the family and component it was exported as in its metadata (the converters do not
+    know the family's configured name)."""
+    from .export import METADATA_PREFIX
+
+    mlmodel.user_defined_metadata[METADATA_PREFIX + "model"] = family.name
+    mlmodel.user_defined_metadata[METADATA_PREFIX + "component"] = component.name
+    return mlmodel
+
+
 def _quality(reference: np.ndarray, candidate: np.ndarray) -> float:
     from .metrics import quality
 
@@ -377,7 +449,8 @@ def pytest_sessionfinish(session):
     config.stash[IMPROVEMENTS] = read_improvements(records_dir)
     records = read_records(records_dir)
     if records:
-        config.stash[REPORT_PATHS] = build_reports(records, report_dir(config), None)
+        tools = tuple(dict.fromkeys(t for f in configured_families(config) for t in f.tools))
+        config.stash[REPORT_PATHS] = build_reports(records, report_dir(config), None, tools=tools)
     shutil.rmtree(records_dir, ignore_errors=True)
     try:
         records_dir.parent.rmdir()  # only if no other session's records are there

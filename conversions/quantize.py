@@ -59,11 +59,12 @@ import logging
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_write
 
 MIXED = "mixed"
 DEFAULT_WEIGHT_THRESHOLD = 2048  # coremltools 9.0's default in every Op*Config; tests pin the equality
@@ -606,23 +607,12 @@ def apply_recipe(mlmodel, recipe: Mapping):
 
 
 def save_recipe(recipe: Mapping, path: str | os.PathLike) -> Path:
-    """Write ``recipe`` as JSON atomically (temporary file in the same directory, then ``os.replace``)."""
+    """Write ``recipe`` as JSON atomically (:func:`conversions.files.atomic_write`)."""
     _check_recipe(recipe)
     path = Path(path)
     text = json.dumps(recipe, indent=2, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the recipe private to this user
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text)
     return path
 
 

@@ -84,17 +84,20 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 import uuid
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_path, atomic_write
+from .report_schema import worst_output
+
 METADATA_SCHEMA_VERSION = 1
 
-# Distribution names, as importlib.metadata knows them.
-TOOLS = ("coremltools", "torch", "numpy", "silero-vad", "nemo_toolkit", "pytest")
+# Distribution names, as importlib.metadata knows them: the tools of every run; each model family adds its own
+# (``ModelFamily.tools``, e.g. the library its model comes from).
+TOOLS = ("coremltools", "torch", "numpy", "pytest")
 
 SORT_KEYS = ("model", "component", "test", "variant", "test_id")
 PROBABILITY_THRESHOLD = 0.5
@@ -149,19 +152,6 @@ def _dumps(obj: Any, what: str, **kwargs) -> str:
         raise ValueError(f"{where} is not JSON-serializable: {e}") from e
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports unreadable to other users of a shared runner
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _slug(text: str) -> str:
     return _UNSAFE_FILENAME_CHARS.sub("_", text).strip("_")[:_MAX_SLUG]
 
@@ -187,7 +177,7 @@ def write_record(records_dir: Path, record: dict) -> Path:
     if test_id:
         name += "-" + _slug(str(test_id))
     path = records_dir / f"{name}.json"
-    _atomic_write(path, text.encode("utf-8"))
+    atomic_write(path, text.encode("utf-8"))
     return path
 
 
@@ -239,8 +229,9 @@ def _tool_version(name: str) -> str | None:
         return None
 
 
-def run_info(repo_dir: Path | None = None) -> dict:
-    """Where and with what this run happened: time, git state, platform, tool versions. Never raises.
+def run_info(repo_dir: Path | None = None, tools: tuple[str, ...] = ()) -> dict:
+    """Where and with what this run happened: time, git state, platform, tool versions (:data:`TOOLS` and
+    ``tools``, the families' own). Never raises.
 
     ``repo_dir`` defaults to the checkout holding this module; ``git_commit`` and ``git_dirty`` are None when git
     is missing or ``repo_dir`` is not in a git work tree (e.g. an installed wheel). ``git_dirty`` counts untracked
@@ -264,7 +255,7 @@ def run_info(repo_dir: Path | None = None) -> dict:
             "machine": platform.machine(),
             "python": platform.python_version(),
         },
-        "tool_versions": {name: _tool_version(name) for name in TOOLS},
+        "tool_versions": {name: _tool_version(name) for name in dict.fromkeys((*TOOLS, *tools))},
     }
 
 
@@ -293,7 +284,8 @@ def _summary(records: list[dict]) -> dict:
     }
 
 
-def build_reports(records: list[dict], report_dir: Path, info: dict | None = None) -> list[Path]:
+def build_reports(records: list[dict], report_dir: Path, info: dict | None = None,
+                  tools: tuple[str, ...] = ()) -> list[Path]:
     """Write ``<report_dir>/<model>/metadata.json`` and the plots for every model in ``records``.
 
     ``info`` is :func:`run_info`'s dict (computed here when None). Returns the paths written, metadata first for
@@ -305,7 +297,7 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
         target = quantized if record.get("test") == QUANTIZATION_TEST else by_model
         target.setdefault(_check_model(record, i), []).append(record)
     if info is None:
-        info = run_info()
+        info = run_info(tools=tools)
     report_dir = Path(report_dir)
     written: list[Path] = []
     for model in sorted(quantized):
@@ -320,9 +312,9 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
             "results": [{k: v for k, v in r.items() if k != "series"} for r in model_records],
         }
         path = model_dir / "metadata.json"
-        _atomic_write(path, (_dumps(metadata, f"metadata of {model!r}", indent=2) + "\n").encode("utf-8"))
+        atomic_write(path, (_dumps(metadata, f"metadata of {model!r}", indent=2) + "\n").encode("utf-8"))
         written.append(path)
-        written.extend(_plot_probabilities(model, model_records, model_dir))
+        written.extend(_plot_series(model, model_records, model_dir))
         written.append(_plot_error_summary(model, model_records, model_dir))
     return written
 
@@ -342,12 +334,12 @@ def _header(schema_version: int, model: str, info: dict) -> dict:
 
 def _write_quantization_summary(model: str, records: list[dict], model_dir: Path, info: dict) -> list[Path]:
     """``quantization_summary.json`` (one entry per strategy x component x backend variant, sorted) and the
-    quality-vs-size plot. The README documents the schema."""
+    quality-vs-size plot. docs/report.md documents the schema."""
     model_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: (str(r.get("component")), str(r.get("variant")), str(r.get("strategy"))))
     summary = {**_header(QUANTIZATION_SCHEMA_VERSION, model, info), "variants": records}
     path = model_dir / "quantization_summary.json"
-    _atomic_write(path, (_dumps(summary, f"quantization summary of {model!r}", indent=2) + "\n").encode("utf-8"))
+    atomic_write(path, (_dumps(summary, f"quantization summary of {model!r}", indent=2) + "\n").encode("utf-8"))
     return [path, _plot_quality_vs_size(model, records, model_dir)]
 
 
@@ -407,18 +399,13 @@ def _new_figure(width: float, height: float):
 
 
 def _save_figure(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=PLOT_DPI, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
 def _per_chunk(values: Any, what: str):
-    """``values`` as a 1-D float array with one value per chunk: accepts shape (n,) or (n, 1, ..., 1)."""
+    """``values`` as a 1-D float array with one value per call: accepts shape (n,) or (n, 1, ..., 1)."""
     import numpy as np
 
     try:
@@ -426,106 +413,83 @@ def _per_chunk(values: Any, what: str):
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} must be numbers, one per chunk: {e}") from e
     if arr.ndim == 0 or arr.reshape(arr.shape[0], -1).shape[1] != 1:
-        raise ValueError(f"{what} must hold one probability per chunk, shape (n,) or (n, 1, ...), got {arr.shape}")
+        raise ValueError(f"{what} must hold one value per chunk, shape (n,) or (n, 1, ...), got {arr.shape}")
     return arr.reshape(-1)
 
 
-def _probability_series(record: dict):
-    """(reference, candidate, step_ms) of a record's probability traces, or None if it has none."""
+def _series_traces(record: dict) -> list[tuple[str, Any, Any, float, str, float | None]]:
+    """(output, reference, candidate, step_ms, ylabel, threshold) of each trace of a record's series (the
+    component's plot hook, :class:`conversions.registry.PlotSeries`); [] if it has none."""
     series = record.get("series")
     if not isinstance(series, dict):
-        return None
+        return []
     reference, candidate = series.get("reference") or {}, series.get("candidate") or {}
-    if "probability" not in reference or "probability" not in candidate:
-        return None
     name = f"series of {record.get('test_id') or record.get('component')!r}"
-    ref = _per_chunk(reference["probability"], f"{name}: reference['probability']")
-    cand = _per_chunk(candidate["probability"], f"{name}: candidate['probability']")
-    if ref.shape != cand.shape:
-        raise ValueError(f"{name}: reference and candidate probability differ in length: {ref.size} vs {cand.size}")
     step_ms = series.get("step_ms")
-    if isinstance(step_ms, bool) or not isinstance(step_ms, (int, float)) or not (math.isfinite(step_ms) and step_ms > 0):
-        raise ValueError(f"{name}: step_ms must be a positive number of milliseconds, got {step_ms!r}")
-    return ref, cand, float(step_ms)
+    traces = []
+    for output in sorted(set(reference) & set(candidate)):
+        ref = _per_chunk(reference[output], f"{name}: reference[{output!r}]")
+        cand = _per_chunk(candidate[output], f"{name}: candidate[{output!r}]")
+        if ref.shape != cand.shape:
+            raise ValueError(f"{name}: reference and candidate {output} differ in length: {ref.size} vs {cand.size}")
+        if (isinstance(step_ms, bool) or not isinstance(step_ms, (int, float))
+                or not (math.isfinite(step_ms) and step_ms > 0)):
+            raise ValueError(f"{name}: step_ms must be a positive number of milliseconds, got {step_ms!r}")
+        # Records written before plot hooks existed carried only Silero's probability: its label and threshold.
+        legacy = output == "probability" and "ylabel" not in series
+        ylabel = series.get("ylabel") or ("speech probability" if legacy else output)
+        threshold = series.get("threshold", PROBABILITY_THRESHOLD if legacy else None)
+        traces.append((output, ref, cand, float(step_ms), ylabel, threshold))
+    return traces
 
 
-def _plot_probabilities(model: str, records: list[dict], model_dir: Path) -> list[Path]:
+def _plot_series(model: str, records: list[dict], model_dir: Path) -> list[Path]:
+    """One plot per (traced output, component, variant): torch vs converted per call, and their difference."""
     import numpy as np
 
-    chosen: dict[tuple[str, str], tuple[dict, tuple]] = {}
+    chosen: dict[tuple[str, str, str], tuple[dict, tuple]] = {}
     for record in records:
-        traces = _probability_series(record)
-        if traces is None:
-            continue
-        key = (str(record.get("component")), str(record.get("variant")))
-        if key in chosen:
-            # The plugin gives series to one record per (component, variant); if not, keep the first clip one.
-            previous = chosen[key][0]
-            replace = previous.get("test") != "clip" and record.get("test") == "clip"
-            plotted, dropped = (record, previous) if replace else (previous, record)
-            warnings.warn(f"{model}: several records of {key[0]}/{key[1]} carry a probability series; plotting "
-                          f"{plotted.get('test_id')!r}, not {dropped.get('test_id')!r}", stacklevel=3)
-            if not replace:
-                continue
-        chosen[key] = (record, traces)
+        for trace in _series_traces(record):
+            key = (trace[0], str(record.get("component")), str(record.get("variant")))
+            if key in chosen:
+                # The plugin gives series to one record per (component, variant); if not, keep the first clip one.
+                previous = chosen[key][0]
+                replace = previous.get("test") != "clip" and record.get("test") == "clip"
+                plotted, dropped = (record, previous) if replace else (previous, record)
+                warnings.warn(f"{model}: several records of {key[1]}/{key[2]} carry a {key[0]} series; plotting "
+                              f"{plotted.get('test_id')!r}, not {dropped.get('test_id')!r}", stacklevel=3)
+                if not replace:
+                    continue
+            chosen[key] = (record, trace)
 
     paths = []
-    for (component, variant), (record, (ref, cand, step_ms)) in sorted(chosen.items()):
+    for (output, component, variant), (record, (_, ref, cand, step_ms, ylabel, threshold)) in sorted(chosen.items()):
         t = np.arange(ref.size) * step_ms / 1000.0
         fig = _new_figure(8.0, 4.8)
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
         top.plot(t, ref, color="#1f77b4", linewidth=1.0, label="torch (reference)")
         top.plot(t, cand, color="#ff7f0e", linewidth=1.0, linestyle=(0, (4, 2)), label=f"converted ({variant})")
-        top.axhline(PROBABILITY_THRESHOLD, color="gray", linestyle="--", linewidth=0.8,
-                    label=f"threshold {PROBABILITY_THRESHOLD}")
+        if threshold is not None:
+            top.axhline(threshold, color="gray", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")
         finite = np.concatenate([ref, cand])
         finite = finite[np.isfinite(finite)]
-        # Never clip a converted output that left [0, 1]: that would hide exactly the bug the plot is for.
-        lo = min(-0.02, float(finite.min())) if finite.size else -0.02
-        hi = max(1.02, float(finite.max())) if finite.size else 1.02
-        top.set_ylim(lo, hi)
-        top.set_ylabel("speech probability")
+        if threshold is not None and 0.0 <= threshold <= 1.0:
+            # A probability: never clip a converted output that left [0, 1], that would hide the bug the plot is for.
+            lo = min(-0.02, float(finite.min())) if finite.size else -0.02
+            hi = max(1.02, float(finite.max())) if finite.size else 1.02
+            top.set_ylim(lo, hi)
+        top.set_ylabel(ylabel)
         top.legend(loc="upper right", fontsize=8)
         bottom.plot(t, cand - ref, color="#d62728", linewidth=0.8)
         bottom.axhline(0.0, color="gray", linewidth=0.6)
         bottom.set_ylabel("converted − torch")
         bottom.set_xlabel("time (s)")
         match = "match" if record.get("match") is True else "MISMATCH"
-        fig.suptitle(f"{model} · {component} · {variant}: speech probability per chunk "
-                     f"({record.get('test')}, {ref.size} chunks, {match})", fontsize=10)
+        fig.suptitle(f"{model} · {component} · {variant}: {ylabel} per call "
+                     f"({record.get('test')}, {ref.size} calls, {match})", fontsize=10)
         fig.tight_layout()
-        paths.append(_save_figure(fig, model_dir / f"probability_{_slug(component)}_{_slug(variant)}.png"))
+        paths.append(_save_figure(fig, model_dir / f"{_slug(output)}_{_slug(component)}_{_slug(variant)}.png"))
     return paths
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def _worst_output(record: dict) -> tuple[str, float | None, float | None] | None:
-    """(output, max_abs, atol) of the record's worst output, or None when it has no metrics.
-
-    Worst = failing allclose first, then the largest max_abs / atol (outputs differ in scale, so the ratio to their
-    own bound, not max_abs alone, says which one is closest to failing), then the largest max_abs.
-    """
-    metrics, bounds = record.get("metrics") or {}, record.get("bounds") or {}
-    best = None
-    for output, m in metrics.items():
-        if not isinstance(m, dict):
-            continue
-        max_abs = _as_float(m.get("max_abs"))
-        atol = _as_float((bounds.get(output) or {}).get("atol"))
-        err = math.inf if max_abs is None or math.isnan(max_abs) else max_abs
-        if atol is not None and atol > 0:
-            ratio = err / atol
-        else:
-            ratio = math.inf if err > 0 else 0.0
-        rank = (m.get("allclose") is False, ratio, err)
-        if best is None or rank > best[0]:
-            best = (rank, output, max_abs, atol)
-    return None if best is None else best[1:]
 
 
 def _plot_error_summary(model: str, records: list[dict], model_dir: Path) -> Path:
@@ -538,7 +502,7 @@ def _plot_error_summary(model: str, records: list[dict], model_dir: Path) -> Pat
         label = f"{r.get('component')} / {r.get('variant')}"
         if r.get("test") != "clip":
             label += f" [{r.get('test')}]"
-        worst = _worst_output(r)
+        worst = worst_output(r)
         if worst is None:
             rows.append((f"{label}\nno metrics", r.get("match") is True, None, None))
             continue

@@ -74,6 +74,8 @@ from syrupy.assertion import SnapshotAssertion
 from syrupy.data import Snapshot, SnapshotCollection, SnapshotCollections
 from syrupy.extensions.base import AbstractSyrupyExtension
 
+from .files import atomic_write
+
 BACKEND_FAMILIES = ("mil", "coreml-cpu", "coreml-ne")
 DIRECTIONS = ("higher", "lower")
 RECORDS_ENV = "COREML_PARITY_RECORDS_DIR"
@@ -262,7 +264,7 @@ def _record_improvements(lines: list[str], family: str, backend_family: str, sna
         # Named by content: the same improvement seen twice (a rerun into the same records dir) is one file.
         name = hashlib.sha1(f"{backend_family}\0{line}".encode()).hexdigest()[:20]
         record = {"line": line, "family": family, "backend_family": backend_family, "snapshot": snapshot_name}
-        _atomic_write(directory / f"{name}.json", json.dumps(record, sort_keys=True, indent=2) + "\n")
+        atomic_write(directory / f"{name}.json", json.dumps(record, sort_keys=True, indent=2) + "\n")
 
 
 def read_improvements(records_dir: str | Path) -> list[str]:
@@ -287,19 +289,6 @@ def read_improvements(records_dir: str | Path) -> list[str]:
 
 
 # ---- files ----------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    """Readers (other tests, other workers) see either the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _file_lock():
     """The lock around read-merge-write of family files across processes (pytest-xdist workers). One file per user
     in the temp directory: none shows up among the baselines, none piles up per baseline file, and writes are few
@@ -330,7 +319,7 @@ def _write_file(path: Path, entries: dict[str, dict]) -> None:
     if not entries:
         path.unlink(missing_ok=True)
         return
-    _atomic_write(path, json.dumps(entries, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(entries, sort_keys=True, indent=2, ensure_ascii=False) + "\n")
 
 
 def _encoded(entry: dict) -> dict:

@@ -90,9 +90,9 @@ def assert_matches_torch(module: torch.nn.Module, example_inputs: Sequence[torch
                              input_dtypes=input_dtypes)
     expected = torch_outputs(module, example_inputs)
     got = run_on_runtime(mlmodel, example_inputs, names=names, precision=precision)
-    assert len(got) == len(expected), f"{len(got)} outputs from the runtime, {len(expected)} from torch"
-    for i, (e, g) in enumerate(zip(expected, got)):
-        assert_close(g, e, precision, f"output {i} ({precision} program) vs torch", atol=atol, rtol=rtol)
+    tol = {key: value for key, value in (("atol", atol), ("rtol", rtol)) if value is not None}
+    assert_outputs_close(got, expected, [f"output {i} ({precision} program) vs torch" for i in range(len(expected))],
+                         tol, precision=precision)
 
 
 def assert_close(got: np.ndarray, expected: np.ndarray, precision: str = "fp32", what: str = "", *,
@@ -108,6 +108,34 @@ def assert_close(got: np.ndarray, expected: np.ndarray, precision: str = "fp32",
         np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), err_msg=what, **tol)
     else:
         np.testing.assert_array_equal(got.astype(np.int64), expected.astype(np.int64), err_msg=what)
+
+
+def assert_outputs_close(got: Sequence[np.ndarray], expected: Sequence, names: Sequence[str] | None = None,
+                         tol: dict | None = None, *, precision: str = "fp32") -> None:
+    """Every output against its reference, in order: as many outputs as references (and names), each compared by
+    :func:`assert_close` (same shape; floats within ``tol``, a dict of ``atol``/``rtol``, or the precision's
+    default tolerance; integer and bool outputs exactly equal). ``names`` label the failures (default
+    ``output <i>``)."""
+    got, expected = list(got), list(expected)
+    names = [f"output {i}" for i in range(len(expected))] if names is None else list(names)
+    assert len(got) == len(expected) == len(names), (
+        f"{len(got)} outputs, {len(expected)} references, {len(names)} names: {names}")
+    for name, g, e in zip(names, got, expected):
+        assert_close(np.asarray(g), np.asarray(e), precision, name, **(tol or {}))
+
+
+def edit_package_spec(package, edit) -> None:
+    """Rewrite the model specification (``model.mlmodel``) of the saved ``package`` in place: ``edit`` gets the
+    parsed ``Model_pb2.Model`` and changes it. For tests that need a package that parses but is broken."""
+    from pathlib import Path
+
+    from coremltools.proto import Model_pb2
+
+    (path,) = Path(package).rglob("model.mlmodel")
+    spec = Model_pb2.Model()
+    spec.ParseFromString(path.read_bytes())
+    edit(spec)
+    path.write_bytes(spec.SerializeToString())
 
 
 def op_types(mlmodel, *, include_const: bool = True) -> list[str]:

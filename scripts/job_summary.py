@@ -27,6 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The rule for the worst output is the report's own (a stdlib-only module of the project): both name the same one.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conversions.report_schema import as_float, worst_output  # noqa: E402
+
 METADATA = "metadata.json"
 QUANTIZATION = "quantization_summary.json"
 # Long failure messages (coremltools errors run to several lines) would make the page unreadable; the full text
@@ -48,7 +52,7 @@ def render(report_dir: Path) -> str:
     """The whole summary as markdown, one section per model directory of ``report_dir``."""
     if not report_dir.is_dir():
         return f"No parity report: `{report_dir}` does not exist (the test run wrote no report).\n"
-    model_dirs = sorted(p for p in report_dir.iterdir() if p.is_dir())
+    model_dirs = sorted(p for p in report_dir.iterdir() if p.is_dir() and not p.name.startswith("."))  # .records: a run in progress
     if not model_dirs:
         return f"No parity report: `{report_dir}` has no model directories.\n"
     return "\n".join(_render_model(d) for d in model_dirs)
@@ -111,31 +115,6 @@ def _parity_section(metadata: dict) -> list[str]:
     return lines
 
 
-def worst_output(record: dict) -> tuple[str, float | None, float | None] | None:
-    """``(output, max_abs, atol)`` of the output furthest from its absolute bound: among outputs with an ``atol``,
-    one that failed its allclose check first, then the largest ``max_abs / atol``. Outputs whose ``atol`` is null
-    are held to a PSNR bound only (their allclose flag means nothing), so they are picked, by largest ``max_abs``,
-    only when no output has an ``atol``. A NaN error counts as the worst possible. None without metrics."""
-    metrics = record.get("metrics") or {}
-    bounds = record.get("bounds") or {}
-    best = None
-    for output, m in metrics.items():
-        if not isinstance(m, dict):
-            continue
-        max_abs = _float(m.get("max_abs"))
-        atol = _float((bounds.get(output) or {}).get("atol"))
-        err = math.inf if max_abs is None or math.isnan(max_abs) else max_abs
-        if atol is None:
-            rank = (False, False, err)
-        elif atol > 0:
-            rank = (True, m.get("allclose") is False, err / atol)
-        else:  # atol 0: exact match required, so any error is infinitely far from the bound
-            rank = (True, m.get("allclose") is False, math.inf if err > 0 else 0.0)
-        if best is None or rank > best[0]:
-            best = (rank, output, max_abs, atol)
-    return None if best is None else best[1:]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # quantization sweep (quantization_summary.json)
 
@@ -154,11 +133,11 @@ def _quantization_section(summary: dict) -> list[str]:
         "| --- | --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
     for v in variants:
-        weight = _float(v.get("weight_bytes"))
+        weight = as_float(v.get("weight_bytes"))
         lines.append(_row(v.get("component"), v.get("strategy"), v.get("variant"),
                           _number(None if weight is None else weight / 1024, "{:.1f}"),
-                          _number(_float(v.get("compression_ratio")), "{:.2f}x"),
-                          _number(_float(v.get("primary_quality_vs_torch")), "{:.4f}"),
+                          _number(as_float(v.get("compression_ratio")), "{:.2f}x"),
+                          _number(as_float(v.get("primary_quality_vs_torch")), "{:.4f}"),
                           _task_metrics(v.get("task_metrics")), _verdict(v)))
     lines += ["", "</details>", ""]
     # "Not matched" rather than "failures": a strategy that cannot apply to a component is recorded this way too.
@@ -171,7 +150,7 @@ def _task_metrics(metrics: Any) -> str:
         return MISSING
     parts = []
     for name, value in metrics.items():
-        number = _float(value)
+        number = as_float(value)
         if number is None:
             parts.append(f"{name} {value}")
         elif isinstance(value, int):
@@ -209,13 +188,6 @@ def _failures(heading: str, records: list[dict], label) -> list[str]:
             text = text[:MAX_FAILURE_CHARS - 1] + "…"
         lines.append(f"- **{_cell(label(r))}**: {_cell(text)}")
     return lines + [""]
-
-
-def _float(value: Any) -> float | None:
-    # bool is an int subclass; a flag is not a measurement
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def _number(value: float | None, fmt: str = "{:.2e}") -> str:

@@ -5,7 +5,7 @@ The parity suite runs on a tiny random-weight instance of the v3 architecture; u
 This script builds the real architecture at full size (24 FastConformer layers, d_model 1024, 8 heads, 2-layer
 LSTM 640, joint 640, 8192 tokens -> 8198 logits; random weights, through NeMo's ``EncDecRNNTBPEModel`` with
 ``build_tiny_parakeet_tdt(seed=0, scale={})``) and sends every component through the converters of
-``conversions/stt/parakeet_tdt.py``. Per component it prints:
+``conversions/models/parakeet_tdt/``. Per component it prints:
 
 - conversion wall time (trace + ``ct.convert``) and the time to save the package;
 - peak RSS: each component is converted in a fresh child process (figures do not accumulate across components;
@@ -122,7 +122,7 @@ def reset_peak_rss() -> bool:
 def build_model(seed: int = 0):
     """The full-size random-weight v3 model through NeMo (tokenizer trained first). The tokenizer files are
     already loaded by then, so their temporary directory is removed at once."""
-    from conversions.stt import nemo_models
+    from conversions.models.parakeet_tdt import nemo_models
 
     model = nemo_models.build_tiny_parakeet_tdt(seed=seed, scale=FULL_SCALE)
     shutil.rmtree(model._tokenizer_tmpdir, ignore_errors=True)
@@ -132,7 +132,7 @@ def build_model(seed: int = 0):
 def audio_15s() -> np.ndarray:
     """15 s of speech: the committed 10 s clip repeated to fill the window (no zero padding: every mel frame and
     every encoder frame sees audio)."""
-    from conversions.vad.silero import CLIP_PATH, read_wav
+    from conversions.audio import SPEECH_CLIP as CLIP_PATH, read_wav
 
     clip = np.asarray(read_wav(CLIP_PATH), np.float32).reshape(-1)
     return np.resize(clip, WINDOW_SAMPLES).astype(np.float32)
@@ -147,29 +147,30 @@ def _torch_run(module, feeds: dict) -> dict[str, np.ndarray]:
 
 
 def _names(module) -> tuple[str, ...]:
-    from conversions.stt import parakeet_tdt as pt
+    from conversions.models.parakeet_tdt import converters, inputs, modules  # noqa: F401
 
-    return {pt.ParakeetPreprocessor: ("mel", "mel_length"), pt.ParakeetEncoder: ("encoder", "encoder_length"),
-            pt.ParakeetMelEncoder: ("encoder", "encoder_length"), pt.ParakeetDecoder: pt.DECODER_OUTPUTS,
-            pt.ParakeetJoint: ("logits",), pt.ParakeetJointDecision: pt.DECISION_OUTPUTS}[type(module)]
+    return {modules.ParakeetPreprocessor: ("mel", "mel_length"), modules.ParakeetEncoder: ("encoder", "encoder_length"),
+            modules.ParakeetMelEncoder: ("encoder", "encoder_length"), modules.ParakeetDecoder: converters.DECODER_OUTPUTS,
+            modules.ParakeetJoint: ("logits",), modules.ParakeetJointDecision: converters.DECISION_OUTPUTS}[type(module)]
 
 
 def torch_module(model, component: str):
-    from conversions.stt import parakeet_tdt as pt
+    from conversions.models.parakeet_tdt import converters, inputs, modules  # noqa: F401
 
-    factory = {"preprocessor": pt.preprocessor_module, "encoder": pt.encoder_module,
-               "mel-encoder": pt.mel_encoder_module, "decoder": pt.decoder_module, "joint": pt.joint_module,
-               "joint-decision": pt.joint_decision_module, "joint-decision-step": pt.joint_decision_module}
+    factory = {"preprocessor": modules.preprocessor_module, "encoder": modules.encoder_module,
+               "mel-encoder": modules.mel_encoder_module, "decoder": modules.decoder_module, "joint": modules.joint_module,
+               "joint-decision": modules.joint_decision_module, "joint-decision-step": modules.joint_decision_module}
     return factory[_check_component(component)](model)
 
 
 def converter(component: str):
-    from conversions.stt import parakeet_tdt as pt
+    from conversions.models.parakeet_tdt import converters, inputs, modules  # noqa: F401
 
-    return {"preprocessor": pt.convert_preprocessor, "encoder": pt.convert_encoder,
-            "mel-encoder": pt.convert_mel_encoder, "decoder": pt.convert_decoder, "joint": pt.convert_joint,
-            "joint-decision": pt.convert_joint_decision,
-            "joint-decision-step": pt.convert_joint_decision_step}[_check_component(component)]
+    return {"preprocessor": converters.convert_preprocessor, "encoder": converters.convert_encoder,
+            "mel-encoder": converters.convert_mel_encoder, "decoder": converters.convert_decoder,
+            "joint": converters.convert_joint,
+            "joint-decision": converters.convert_joint_decision,
+            "joint-decision-step": converters.convert_joint_decision_step}[_check_component(component)]
 
 
 def _check_component(component: str) -> str:
@@ -185,23 +186,23 @@ def sample_inputs(model, component: str) -> dict[str, np.ndarray]:
     those tokens and seeded N(0, 1) encoder frames (every conformer block ends in a LayerNorm, unit gain at
     initialisation, so this model's real encoder output has that scale: measured peak 3.7 over 192k values; running
     the 0.6B encoder in torch only to feed a joint would double the child's cost)."""
-    from conversions.stt import parakeet_tdt as pt
+    from conversions.models.parakeet_tdt import converters, inputs, modules  # noqa: F401
 
-    d = pt.dims(model)
-    call = pt.audio_call(d, audio_15s(), d.window_samples)
+    d = modules.dims(model)
+    call = inputs.audio_call(d, audio_15s(), d.window_samples)
     if component in ("preprocessor", "mel-encoder"):
         return call
     if component == "encoder":
-        return _torch_run(pt.preprocessor_module(model), call)
-    tokens = pt.decoder_tokens(model)[:6]
-    decoder = pt.decoder_module(model)
-    state = pt.initial_state(d)
+        return _torch_run(modules.preprocessor_module(model), call)
+    tokens = inputs.decoder_tokens(model)[:6]
+    decoder = modules.decoder_module(model)
+    state = inputs.initial_state(d)
     for token in tokens[:-1]:
-        out = _torch_run(decoder, {**pt.token_call(token), **state})
+        out = _torch_run(decoder, {**inputs.token_call(token), **state})
         state = {"h_in": out["h_out"], "c_in": out["c_out"]}
     if component == "decoder":
-        return {**pt.token_call(tokens[-1]), **state}
-    g = _torch_run(decoder, {**pt.token_call(tokens[-1]), **state})["decoder"]
+        return {**inputs.token_call(tokens[-1]), **state}
+    g = _torch_run(decoder, {**inputs.token_call(tokens[-1]), **state})["decoder"]
     frames = 1 if component == "joint-decision-step" else d.encoder_frames
     enc = np.random.default_rng(0).standard_normal((1, d.d_model, frames)).astype(np.float32)
     return {"encoder": enc, "decoder": g}
@@ -280,17 +281,10 @@ def save_package(mlmodel, dest) -> Path:
     if dest.suffix != ".mlpackage":
         raise ValueError(f"package path must end in .mlpackage, got {dest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = dest.with_name(f".tmp-{tag}-{dest.name}")
-    old = dest.with_name(f".old-{tag}-{dest.name}")
-    try:
+    from conversions.files import atomic_path
+
+    with atomic_path(dest) as tmp:
         mlmodel.save(str(tmp))
-        if dest.exists():
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
@@ -424,10 +418,9 @@ def measure_component(component: str, precision: str, out_dir, runs: int = 5, ru
 
 # ---- one component, in a fresh child process --------------------------------------------------------------------
 def _write_json(path, data) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from conversions.files import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def measure_in_child(component: str, precision: str, out_dir, runs: int = 5, run: bool = True,

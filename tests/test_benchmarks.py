@@ -30,22 +30,16 @@ import pytest
 
 from conversions import benchmarking as bm
 from conversions import registry
-from conversions.pytest_plugin import selected_variants, skip_unless_runnable
+from conversions.pytest_plugin import skip_unless_runnable
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def pytest_generate_tests(metafunc):
-    if "bench_case" in metafunc.fixturenames:
-        cases = bm.bench_cases(registry.families(), selected_variants(metafunc.config))
-        metafunc.parametrize("bench_case", cases, ids=[c.id for c in cases])
 
 
 def test_benchmark_latency(bench_case, parity, benchmark):
     family, component, engine = bench_case.family, bench_case.component, bench_case.engine
     if engine.variant is not None:
         skip_unless_runnable(engine.variant)
-    feeds = bm.realistic_feeds(parity.clip_feeds(family, component), component.initial_state())
+    feeds = bm.realistic_feeds(parity.clip_feeds(family, component), parity.initial_state(family, component))
     loaded = bm.load_engine(parity, family, component, engine)
     started = time.perf_counter()
     first = loaded.run(feeds)
@@ -118,9 +112,10 @@ def test_realistic_feeds_reject_bad_input(calls, call, match):
         bm.realistic_feeds(calls, {}, call)
 
 
-def test_audio_per_call_is_the_declared_step_or_a_32ms_chunk():
-    assert bm.audio_ms_per_call(SimpleNamespace(step_ms=256.0)) == 256.0
-    assert bm.audio_ms_per_call(SimpleNamespace(step_ms=None)) == 32.0  # 512 new samples at 16 kHz
+def test_audio_per_call_is_what_the_component_declares():
+    assert bm.audio_ms_per_call(SimpleNamespace(audio_ms_per_call=256.0)) == 256.0
+    with pytest.raises(ValueError, match="audio_ms_per_call"):
+        bm.audio_ms_per_call(SimpleNamespace(audio_ms_per_call=None))
 
 
 def test_real_time_factor_and_speedup_by_hand():

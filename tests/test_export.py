@@ -247,6 +247,43 @@ def test_get_or_export_rejects_names_that_are_not_plain_file_names(tmp_path, nam
     assert calls == [] and not (tmp_path / "cache").exists()
 
 
+# ---- a cached package is verified before it is trusted -------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncate", "flip-bit", "delete-file", "no-digest"])
+def test_damaged_cached_package_is_re_exported_with_a_warning(converted, tmp_path, damage):
+    """A package damaged after export (a truncated weight.bin, one flipped exponent bit, a missing file, a lost
+    digest) does not match the digest recorded at export: the next use warns, naming what differs, and exports it
+    again, so the damage never reaches a parity check (where a flipped bit would be blamed on an op)."""
+    calls = []
+
+    def build():
+        calls.append(1)
+        return converted["fp16"]
+
+    cache = ExportCache(tmp_path)
+    first = cache.get_or_export("tiny", KEY_A, build)
+    weights = sorted(first.path.rglob("weight.bin"))
+    assert weights and (first.path.parent / (first.path.name + ".sha256")).is_file()
+    weight = weights[0]
+    data = bytearray(weight.read_bytes())
+    if damage == "truncate":
+        weight.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flip-bit":
+        data[-3] ^= 0x40  # an exponent bit of the last fp16 weight
+        weight.write_bytes(bytes(data))
+    elif damage == "delete-file":
+        weight.unlink()
+    else:
+        (first.path.parent / (first.path.name + ".sha256")).unlink()
+    with pytest.warns(UserWarning, match="not trusted .*re-exporting") as caught:
+        again = cache.get_or_export("tiny", KEY_A, build)
+    assert (again.reused, len(calls)) == (False, 2)
+    if damage != "no-digest":
+        assert "weight.bin" in str(caught[0].message)
+    assert weight.is_file() and package_metadata(again.path)["compute_precision"] == "fp16"
+    assert cache.get_or_export("tiny", KEY_A, build).reused is True and len(calls) == 2
+    assert tmp_dirs(tmp_path) == []
+
+
 # ---- atomicity -------------------------------------------------------------------------------------------
 class PartialSave:
     """``save`` writes part of a package (a weight file, no manifest) and then fails, like a full disk."""
@@ -432,3 +469,22 @@ def test_concurrent_exporters_export_once(tmp_path):
     assert sorted(r["reused"] for r in results) == [False, True]
     assert (Path(results[0]["path"]) / "Manifest.json").is_file()
     assert tmp_dirs(cache_dir) == []
+
+
+def test_export_key_follows_every_module_of_the_family_package(tmp_path, monkeypatch):
+    """A family's converter traces torch modules defined beside it: editing the package's modules.py (not the
+    converter's own file) must re-export too."""
+    import importlib
+
+    package = tmp_path / "toyfamily_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "modules.py").write_text("SCALE = 1\n")
+    (package / "converters.py").write_text("from .modules import SCALE\n\n\ndef convert(model, precision='fp16'):\n"
+                                           "    return SCALE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    convert = importlib.import_module("toyfamily_pkg.converters").convert
+    key = export_key(convert, "w" * 64, OPTIONS)
+    assert export_key(convert, "w" * 64, OPTIONS) == key
+    (package / "modules.py").write_text("SCALE = 2\n")
+    assert export_key(convert, "w" * 64, OPTIONS) != key

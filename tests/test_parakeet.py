@@ -1,12 +1,11 @@
-"""Parakeet TDT v3, beyond the generated per-component suite (tests/test_parity.py, tests/test_quantization.py):
+"""Parakeet TDT v3, beyond the generated suite (tests/test_parity.py: per component, quantization, and the family's
+transcript pipeline check, ``test_pipeline[parakeet-tdt-v3/transcript/...]``):
 
-- transcript parity: the host-side TDT greedy decoder (``conversions/stt/tdt.py``) driving the converted components
-  (fused mel+encoder, decoder step, single-step joint+decision) on each backend gives exactly NeMo's own greedy TDT
-  decoding of the same audio; the same decoder driven by the torch components tells a decoder bug from a
-  conversion bug;
+- the transcript check itself: it names the first differing token when a converted component decides wrongly;
 - dimensions come from the model's configuration (a model of other sizes goes through the same converters);
 - the int16 shape trap of coremltools' fp16 pipeline on the preprocessor's flexible input;
-- model loading: ``.nemo`` errors, the pinned Hugging Face download, the tiny model's ``.nemo`` round trip.
+- model loading: ``.nemo`` errors, the pinned Hugging Face download, the tiny model's ``.nemo`` round trip, the
+  family's own model-source options.
 
 ``pytest -k parakeet`` selects these with the generated tests.
 """
@@ -19,10 +18,9 @@ import torch
 
 pytest.importorskip("nemo.collections.asr", reason="NeMo is not installed: pip install -e '.[parakeet]'")
 
-from conversions.pytest_plugin import selected_variants, skip_unless_runnable  # noqa: E402
-from conversions.stt import nemo_models, parakeet_tdt as pt  # noqa: E402
+from conversions.models.parakeet_tdt import converters, family, inputs, modules, nemo_models, pipeline  # noqa: E402
 
-FAMILY = pt.FAMILY
+FAMILY = family.FAMILY
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ def clip(parity):
 
 # ---- dimensions from the configuration ------------------------------------------------------------------------
 def test_dims_are_read_from_the_model(model):
-    d = pt.dims(model)
+    d = modules.dims(model)
     cfg = model.cfg
     assert d.d_model == cfg.encoder.d_model and d.pred_hidden == cfg.decoder.prednet.pred_hidden
     assert d.pred_layers == cfg.decoder.prednet.pred_rnn_layers and d.n_mels == cfg.preprocessor.features
@@ -55,13 +53,13 @@ def test_other_sizes_go_through_the_same_converters(tmp_path):
              "joint_hidden": 40, "vocab_size": 96}
     other = nemo_models.build_tiny_parakeet_tdt(seed=3, scale=scale)
     try:
-        d = pt.dims(other)
+        d = modules.dims(other)
         assert (d.d_model, d.pred_hidden, d.vocab_size, d.num_logits) == (32, 48, 96, 96 + 1 + 5)
         expected = {
-            pt.convert_encoder: {"encoder": (1, 32, d.encoder_frames)},
-            pt.convert_decoder: {"decoder": (1, 48, 1), "h_out": (2, 1, 48), "c_out": (2, 1, 48)},
-            pt.convert_joint: {"logits": (1, d.encoder_frames, 1, d.num_logits)},
-            pt.convert_joint_decision_step: {"token_id": (1, 1, 1), "duration": (1, 1, 1)},
+            converters.convert_encoder: {"encoder": (1, 32, d.encoder_frames)},
+            converters.convert_decoder: {"decoder": (1, 48, 1), "h_out": (2, 1, 48), "c_out": (2, 1, 48)},
+            converters.convert_joint: {"logits": (1, d.encoder_frames, 1, d.num_logits)},
+            converters.convert_joint_decision_step: {"token_id": (1, 1, 1), "duration": (1, 1, 1)},
         }
         for convert, shapes in expected.items():
             program = load_model(convert(other, "fp32"), backend="mil", precision="fp32")
@@ -95,8 +93,8 @@ def test_preprocessor_takes_any_length_up_to_the_window(parity, model, clip):
     from conversions.runtime import load_model
 
     program = load_model(parity.package(FAMILY, FAMILY.component("preprocessor"), "fp16").path, backend="mil")
-    torch_pre = pt.preprocessor_module(model)
-    d = pt.dims(model)
+    torch_pre = modules.preprocessor_module(model)
+    d = modules.dims(model)
     speech = np.zeros(d.window_samples, np.float32)
     speech[:clip.shape[-1]] = clip.reshape(-1)[:d.window_samples]
     bound = FAMILY.component("preprocessor").bounds["fp16"]["mel"]
@@ -116,7 +114,7 @@ def test_tiny_model_is_a_real_nemo_checkpoint(model):
     """The offline model went through save_to / restore_from like a user's checkpoint, tokenizer included."""
     from nemo.collections.asr.models import EncDecRNNTBPEModel
 
-    path = nemo_models.tiny_parakeet_tdt_path(pt.MODEL_CACHE)
+    path = nemo_models.tiny_parakeet_tdt_path(family.MODEL_CACHE)
     assert path.suffix == ".nemo" and path.is_file()
     assert isinstance(model, EncDecRNNTBPEModel)
     assert model.cfg.decoding.model_type == "tdt" and model.cfg.loss.loss_name == "tdt"
@@ -131,7 +129,7 @@ def test_load_nemo_names_the_bad_path(tmp_path, bad):
     path = tmp_path / bad
     if bad.endswith(".pt"):
         path.write_bytes(b"x")
-    with pytest.raises((FileNotFoundError, ValueError), match="--nemo-path: .*" + bad.replace(".", r"\.")):
+    with pytest.raises((FileNotFoundError, ValueError), match="NeMo checkpoint .*" + bad.replace(".", r"\.")):
         nemo_models.load_nemo(path)
 
 
@@ -153,108 +151,64 @@ def test_download_pins_the_revision(monkeypatch, tmp_path):
         nemo_models.download_nemo("not-an-id")
 
 
-def test_family_name_follows_the_model_source(monkeypatch):
-    monkeypatch.delenv(pt.NEMO_PATH_ENV, raising=False)
-    monkeypatch.delenv(pt.MODEL_ID_ENV, raising=False)
-    assert pt._family_name() == "parakeet-tdt-v3"
-    monkeypatch.setenv(pt.NEMO_PATH_ENV, "/models/My Parakeet.nemo")
-    assert pt._family_name() == "parakeet-tdt-v3-my-parakeet"
-    monkeypatch.delenv(pt.NEMO_PATH_ENV)
-    monkeypatch.setenv(pt.MODEL_ID_ENV, "nvidia/parakeet-tdt-0.6b-v3")
-    assert pt._family_name() == "parakeet-tdt-v3-parakeet-tdt-0.6b-v3"
+def test_family_name_follows_the_model_source(tmp_path):
+    """Each model source gets its own family name (report, baselines); the options are the family's own."""
+    checkpoint = tmp_path / "My Parakeet.nemo"
+    checkpoint.write_bytes(b"x")
+    assert FAMILY.name == "parakeet-tdt-v3" and FAMILY.with_options({}) is FAMILY
+    path_dest, id_dest, revision_dest = (o.dest for o in FAMILY.options)
+    assert FAMILY.with_options({path_dest: str(checkpoint)}).name == "parakeet-tdt-v3-my-parakeet"
+    by_id = FAMILY.with_options({id_dest: "nvidia/parakeet-tdt-0.6b-v3", revision_dest: "abc"})
+    assert by_id.name == "parakeet-tdt-v3-parakeet-tdt-0.6b-v3"
+    assert by_id.source == {id_dest: "nvidia/parakeet-tdt-0.6b-v3", revision_dest: "abc"}
+    assert all(o.flag.startswith("--parakeet-tdt-v3-") for o in FAMILY.options)
 
 
-def pytest_generate_tests(metafunc):
-    if "transcript_variant" in metafunc.fixturenames:
-        variants = selected_variants(metafunc.config)
-        metafunc.parametrize("transcript_variant", variants, ids=[f"{FAMILY.name}/{v.id}" for v in variants])
+def test_tiny_model_says_its_fitted_text(model, clip):
+    call = inputs.audio_call(modules.dims(model), clip, clip.shape[-1])
+    assert model.tokenizer.ids_to_text(pipeline.nemo_transcribe(model, call)[0]) == nemo_models.FIT_TEXT
 
 
-# ---- transcript parity ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def clip_call(model, clip):
-    """The clip zero-padded to the 15 s window with its true length: what an app feeds the fused encoder."""
-    return pt.audio_call(pt.dims(model), clip, clip.shape[-1])
+def test_transcript_check_names_the_first_differing_token(model, clip):
+    """The pipeline check fails, naming the token and NeMo's vs our frames, when a converted component decides
+    differently: a joint that always says blank with duration 1 (a wrong index, the kind of bug it must catch)."""
+    class AlwaysBlank:
+        def predict(self, feeds):
+            d = modules.dims(model)
+            return {"token_id": np.array([[[d.blank_id]]], np.int32), "duration": np.array([[[1]]], np.int32)}
 
+    class Torch:  # the torch components behind the .predict interface
+        def __init__(self, module, outputs):
+            self.module, self.outputs = module, outputs
 
-@pytest.fixture(scope="module")
-def nemo_result(model, clip_call):
-    return pt.nemo_transcribe(model, clip_call)
+        def predict(self, feeds):
+            return dict(zip(self.outputs, inputs.run_module(self.module, *feeds.values())))
 
-
-@pytest.fixture(scope="module")
-def torch_result(model, clip_call):
-    return pt.transcribe(model, pt.torch_pipeline(model), clip_call)
-
-
-def _first_difference(ours: list[int], theirs: list[int]) -> int | None:
-    for i, (a, b) in enumerate(zip(ours, theirs)):
-        if a != b:
-            return i
-    return None if len(ours) == len(theirs) else min(len(ours), len(theirs))
-
-
-def _describe(model, label, result, tokens, frames, reference=None) -> str:
-    """Where a transcript parts from NeMo's, with the reference's top-2 margin at that step (a margin within the
-    numerical error means a near-tie; above it, a conversion bug)."""
-    i = _first_difference(result.tokens, tokens)
-    if i is None:
-        i = _first_difference(result.frames, frames)
-    lines = [f"{label}: transcript differs from NeMo's greedy TDT decoding",
-             f"  NeMo  ({len(tokens)} tokens): {tokens}  {model.tokenizer.ids_to_text(tokens)!r}",
-             f"  ours  ({len(result.tokens)} tokens): {result.tokens}  {model.tokenizer.ids_to_text(result.tokens)!r}",
-             f"  first difference at token {i}: frames NeMo {frames[i:i + 3]} vs ours {result.frames[i:i + 3]}"]
-    if reference is not None and i is not None and i < len(reference.token_steps):
-        step = reference.token_steps[i]
-        lines.append(f"  torch reference margin at that step: token {reference.margins[step]:.3g}, duration "
-                     f"{reference.duration_margins[step]:.3g} (decisions above {pt.DECISION_MARGIN:g} must not flip)")
-    return "\n".join(lines)
-
-
-def test_torch_components_transcribe_like_nemo(model, torch_result, nemo_result):
-    """Our host decoder driving the torch wrappers = NeMo's own decoding: a difference here is a decoder (or
-    wrapper) bug, not a conversion one."""
-    tokens, frames, durations = nemo_result
-    assert tokens, "NeMo decoded nothing: the tiny model is fitted to say FIT_TEXT on the clip"
-    assert (torch_result.tokens, torch_result.frames) == (tokens, frames), _describe(model, "torch", torch_result,
-                                                                                     tokens, frames)
-    if durations:  # NeMo fills token durations only in some configurations
-        assert torch_result.durations == durations
-    # the decisions are made, not tied: the transcript's exactness below is a real requirement
-    assert torch_result.min_margin > pt.DECISION_MARGIN, torch_result.min_margin
-
-
-def test_tiny_model_says_its_fitted_text(model, nemo_result):
-    assert model.tokenizer.ids_to_text(nemo_result[0]) == nemo_models.FIT_TEXT
-
-
-def test_transcript_parity(transcript_variant, parity, model, clip_call, nemo_result, torch_result):
-    """The converted fused mel+encoder, decoder step and single-step joint+decision, driven by the host TDT greedy
-    decoder on the variant's backend, produce exactly NeMo's tokens at exactly its frames."""
-    skip_unless_runnable(transcript_variant)
-    precision = transcript_variant.program_precision
-    loaded = [transcript_variant.load(parity.package(FAMILY, FAMILY.component(name), precision).path)
-              for name in ("mel-encoder", "decoder", "joint-decision-step")]
-    result = pt.transcribe(model, pt.package_pipeline(model, *loaded), clip_call)
-    tokens, frames, _ = nemo_result
-    label = f"{FAMILY.name}/{transcript_variant.id}"
-    assert (result.tokens, result.frames) == (tokens, frames), _describe(model, label, result, tokens, frames,
-                                                                         torch_result)
-    assert result.durations == torch_result.durations, label
+    components = {"mel-encoder": Torch(modules.mel_encoder_module(model), ("encoder", "encoder_length")),
+                  "decoder": Torch(modules.decoder_module(model), ("decoder", "h_out", "c_out")),
+                  "joint-decision-step": AlwaysBlank()}
+    result = pipeline.transcript_check(model, clip, components)
+    assert not result.passed
+    assert "first difference at token 0" in result.failure and "NeMo" in result.failure
+    components["joint-decision-step"] = Torch(modules.joint_decision_module(model), ("token_id", "token_prob", "duration"))
+    assert pipeline.transcript_check(model, clip, components).passed
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--nemo-path", "missing-model.nemo"], "--nemo-path: .*missing-model.nemo does not exist"),
-    (["--nemo-path", __file__, "--model-id", "nvidia/parakeet-tdt-0.6b-v3"], "name two models: give one"),
-], ids=["missing-file", "two-sources"])
+    (["--parakeet-tdt-v3-nemo-path", "missing-model.nemo"],
+     "--parakeet-tdt-v3-nemo-path: .*missing-model.nemo does not exist"),
+    (["--parakeet-tdt-v3-nemo-path", __file__, "--parakeet-tdt-v3-model-id", "nvidia/parakeet-tdt-0.6b-v3"],
+     "name two models: give one"),
+    (["--parakeet-tdt-v3-model-revision", "abc"], "goes with --parakeet-tdt-v3-model-id"),
+], ids=["missing-file", "two-sources", "revision-alone"])
 def test_model_source_options_fail_early(args, message, tmp_path):
-    """A bad --nemo-path / --model-id is a usage error at startup, naming the problem (not a failure per test)."""
+    """A bad model-source option is a usage error at startup, naming the problem (not a failure per test)."""
     import re
     import subprocess
     import sys
 
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                           "tests/test_parity.py", *args], cwd=pt.MODEL_CACHE.parents[1], capture_output=True,
+                           "tests/test_parity.py", *args], cwd=family.MODEL_CACHE.parents[1], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 4, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
     assert re.search(message, done.stderr), done.stderr[-2000:]

@@ -145,7 +145,7 @@ def test_joint_decisions_agree_wherever_the_torch_margin_is_confident(model, con
     import torch
 
     from conversions.runtime import load_model
-    from conversions.stt.parakeet_tdt import DECISION_MARGIN
+    from conversions.models.parakeet_tdt.bounds import DECISION_MARGIN
 
     feeds = script.sample_inputs(model, "joint-decision")
     with torch.no_grad():

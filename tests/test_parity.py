@@ -27,6 +27,7 @@ from conversions.export import DEFAULT_TARGET, TRACE_COMPUTE_UNITS, package_meta
 from conversions.parity import (check_outputs, check_task, diagnose_fp16, failure_message, model_runner,
                                 pinned_parity_metrics, torch_runner, worst_check)
 from conversions.pytest_plugin import GENERATED_IDS, selected_variants, skip_unless_runnable
+from conversions.report import write_record
 from conversions.snapshots import metrics_snapshot
 
 
@@ -52,31 +53,28 @@ def test_parity(parity_case, parity, request, snapshot):
 
     checks = check_outputs(reference.outputs, got.outputs, component.bounds[variant.program_precision])
     task, task_bounds, task_failures = {}, {}, []
-    if component.task_metric is not None:
-        task = component.task_metric(reference.outputs, got.outputs)
-        task_bounds = component.task_bounds[variant.program_precision]
+    if component.task is not None:
+        task = component.task.measure(reference.outputs, got.outputs)
+        task_bounds = dict(component.task.minimums[variant.program_precision])
         task_failures = check_task(task, task_bounds)
     failure = None
     if task_failures or not all(c.passed for c in checks):
         worst = worst_check(checks)
         diagnosis = _diagnosis(parity, parity_case, got.feeds[worst.worst_call or 0])
         failure = failure_message(f"{parity_case.id} (clip, {len(got.feeds)} calls)", checks, task_failures, diagnosis)
-    series = None
-    if component.step_ms and "probability" in got.outputs:
-        series = {"step_ms": component.step_ms,
-                  "reference": {"probability": reference.outputs["probability"].reshape(-1).tolist()},
-                  "candidate": {"probability": got.outputs["probability"].astype(np.float64).reshape(-1).tolist()}}
+    series = component.plot(reference.outputs, got.outputs) if component.plot is not None else None
     parity.record(request, parity_case, "clip", checks, calls=len(got.feeds), task=task, task_bounds=task_bounds,
-                  failure=failure, started=started, series=series)
+                  failure=failure, started=started, series=series.as_dict() if series is not None else None)
     assert failure is None, failure
     # Inside the tolerance is not enough: no worse than the pinned baseline (tests/__snapshots__/) beyond its slack.
-    assert metrics_snapshot(snapshot, family=family.name,
-                            backend_family=variant.baseline_family) == pinned_parity_metrics(checks, task)
+    assert metrics_snapshot(snapshot, family=family.name, backend_family=variant.baseline_family) == \
+        pinned_parity_metrics(checks, task, component.task)
 
 
 def test_parity_random(parity_case, parity, request):
-    """The component on hypothesis-generated inputs vs torch: every case within the elementwise bounds (a failing
-    case is shrunk and reported with its trace diagnosis), and the PSNR of all cases together above the floor."""
+    """The component on hypothesis-generated inputs vs torch: every case within the elementwise bounds and, where
+    the task metric declares per-case minimums (decisions the reference is confident about), within those too (a
+    failing case is shrunk and reported with its trace diagnosis); the PSNR of all cases together above the floor."""
     skip_unless_runnable(parity_case.variant)
     family, component, variant = parity_case.family, parity_case.component, parity_case.variant
     started = time.perf_counter()
@@ -85,6 +83,8 @@ def test_parity_random(parity_case, parity, request):
     run_model = model_runner(parity.model(parity_case))
     bounds = component.random_bounds[variant.program_precision]
     per_case_bounds = {name: dataclasses.replace(b, psnr_min_db=float("-inf")) for name, b in bounds.items()}
+    per_case_task = (dict(component.task.per_case_minimums.get(variant.program_precision, {}))
+                     if component.task is not None else {})
     seen: list[tuple[dict, dict]] = []
 
     @given(feeds=component.random_inputs(reference_model))
@@ -93,10 +93,14 @@ def test_parity_random(parity_case, parity, request):
         seen.append((expected, got))
         checks = check_outputs({k: v[None] for k, v in expected.items()}, {k: v[None] for k, v in got.items()},
                                per_case_bounds)
-        if not all(c.passed for c in checks):
+        task_failures = []
+        if per_case_task:
+            task_failures = check_task(component.task.measure({k: v[None] for k, v in expected.items()},
+                                                              {k: v[None] for k, v in got.items()}), per_case_task)
+        if task_failures or not all(c.passed for c in checks):
             inputs = ", ".join(f"{k} {v.shape} max|x| {np.abs(v).max():.3g}" for k, v in feeds.items())
             raise AssertionError(failure_message(f"{parity_case.id} (one generated case: {inputs})", checks,
-                                                 diagnosis=_diagnosis(parity, parity_case, feeds)))
+                                                 task_failures, diagnosis=_diagnosis(parity, parity_case, feeds)))
 
     failure = None
     try:
@@ -110,9 +114,33 @@ def test_parity_random(parity_case, parity, request):
         checks = check_outputs(stacked_ref, stacked_got, bounds) if seen else []
         if failure is None and not all(c.passed for c in checks):
             failure = failure_message(f"{parity_case.id} ({len(seen)} generated cases together)", checks)
-        parity.record(request, parity_case, "random", checks, calls=len(seen), failure=failure, started=started)
+        parity.record(request, parity_case, "random", checks, calls=len(seen), failure=failure, started=started,
+                      task_bounds=per_case_task)
     assert seen, "hypothesis generated no case"
     assert failure is None, failure
+
+
+def test_pipeline(pipeline_case, parity, request):
+    """An end-to-end check the family declares (e.g. Parakeet's transcript): the host code driving the converted
+    components on one variant (or the torch components) gives the upstream library's own result."""
+    family, pipeline, variant = pipeline_case.family, pipeline_case.pipeline, pipeline_case.variant
+    if variant is not None:
+        skip_unless_runnable(variant)
+    started = time.perf_counter()
+    model = parity.reference(family)[0]
+    components = None
+    if variant is not None:
+        components = {name: variant.load(parity.package(family, family.component(name), variant.program_precision).path)
+                      for name in pipeline.components}
+    result = pipeline.run(model, parity.clip(family), components)
+    write_record(parity.records_dir, {
+        "test_id": request.node.nodeid, "model": family.name, "component": pipeline.name, "test": "pipeline",
+        "variant": variant.id if variant else "torch", "backend": variant.backend if variant else "torch",
+        "compute_units": variant.compute_units if variant else None,
+        "precision": variant.program_precision if variant else "fp32", "summary": result.summary,
+        "figures": dict(result.figures), "match": bool(result.passed), "failure": result.failure,
+        "duration_s": round(time.perf_counter() - started, 3)})
+    assert result.passed, f"{pipeline_case.id}: {result.failure or result.summary}"
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -164,8 +192,11 @@ def test_every_declared_component_is_covered(parity_family, pytestconfig):
 
     variants = [v for v in registry.PORTABLE_VARIANTS if v in selected_variants(pytestconfig)]
     generated = pytestconfig.stash[GENERATED_IDS]
-    # The sweep's coverage is checked when its module is part of the session (not under `pytest tests/test_parity.py`).
+    # The sweep's and the benchmarks' coverage is checked when their module is part of the session (not under
+    # `pytest tests/test_parity.py`).
     sweep_collected = any(i.startswith("test_quantization[") for i in generated)
+    benchmarks_collected = any(i.startswith("test_benchmark_latency[") for i in generated)
     problems = registry.missing_coverage(parity_family, generated, variants,
-                                         strategies=tuple(STRATEGIES) if sweep_collected else ())
+                                         strategies=tuple(STRATEGIES) if sweep_collected else (),
+                                         benchmarks=benchmarks_collected)
     assert not problems, "\n".join(problems)

@@ -11,7 +11,7 @@ import pytest
 from conversions import registry
 from conversions.parity import check_outputs, check_task, diagnose_fp16, failure_message, run_stream, worst_check
 from conversions.registry import Bound
-from conversions.vad import silero
+from conversions.models import silero_vad as silero
 
 
 def test_run_stream_carries_each_state_output_into_the_next_call():
@@ -83,7 +83,7 @@ def test_failure_message_names_the_case_the_worst_output_and_the_diverging_ops(p
     feeds = parity.clip_feeds(family, component)[:40]
     reference = parity.torch_clip_stream(family, component)
     got = run_stream(model_runner(load_model(package, backend="mil")), feeds, component.state,
-                     component.initial_state())
+                     parity.initial_state(family, component))
     truncated = {k: v[:40] for k, v in reference.outputs.items()}
     impossible = {name: dataclasses.replace(b, atol=1e-7) for name, b in component.bounds["fp16"].items()}
     checks = check_outputs(truncated, got.outputs, impossible)
@@ -120,3 +120,23 @@ def test_backend_selection():
     assert len(registry.select_variants(None)) == len(registry.VARIANTS)
     with pytest.raises(ValueError, match="unknown \\['gpu'\\].*mil"):
         registry.select_variants("gpu")
+
+
+def test_a_wrong_index_on_a_generated_case_fails_the_per_case_decision_rule():
+    """Generated cases of the joint+decision components are judged per case by the decision metric: an index the
+    reference is confident about (top-2 margin above DECISION_MARGIN) that the converted component gets wrong fails,
+    while a flip at a near-tie is tolerated (the integer outputs have no elementwise bound of their own)."""
+    from conversions.models.parakeet_tdt.bounds import DECISION_MARGIN, DECISIONS_TASK
+
+    reference = {"token_id": np.array([[[3], [7]]]), "duration": np.array([[[1], [2]]]),
+                 "token_prob": np.zeros((1, 2, 1)),
+                 "token_margin": np.array([[[5.0], [DECISION_MARGIN / 2]]]),
+                 "duration_margin": np.array([[[5.0], [5.0]]])}
+    floors = DECISIONS_TASK.per_case_minimums["fp16"]
+    near_tie_flip = {**reference, "token_id": np.array([[[3], [8]]])}
+    assert check_task(DECISIONS_TASK.measure(reference, near_tie_flip), floors) == []
+    confident_flip = {**reference, "token_id": np.array([[[4], [7]]])}
+    assert check_task(DECISIONS_TASK.measure(reference, confident_flip), floors) == ["confident_token_agreement 0 < 1"]
+    wrong_duration = {**reference, "duration": np.array([[[1], [0]]])}
+    assert "confident_duration_agreement 0.5 < 1" in check_task(DECISIONS_TASK.measure(reference, wrong_duration),
+                                                                floors)

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 from conversions import metrics
-from conversions.parity import PSNR_SLACK_DB, QUALITY_SLACK, TASK_SLACK
+from conversions.parity import pinned_quantization_metrics
 from conversions.pytest_plugin import skip_unless_runnable
 from conversions.quantize import StrategyNotApplicable
 from conversions.report import QUANTIZATION_TEST, write_record
-from conversions.snapshots import Metric, metrics_snapshot
+from conversions.snapshots import metrics_snapshot
+
 
 def weight_bytes(package: Path) -> int:
     """Bytes of the package's weight files (what compression shrinks; metadata and the program text excluded)."""
@@ -53,20 +54,12 @@ def test_quantization(quantization_case, parity, snapshot, request):
             "psnr_vs_torch_db": metrics.psnr(torch_out[name], got[name]),
             "psnr_vs_baseline_db": metrics.psnr(base_out[name], got[name]),
         }
-    task = component.task_metric(torch_out, got) if component.task_metric else {}
-    base_task = component.task_metric(torch_out, base_out) if component.task_metric else {}
+    task = component.task.measure(torch_out, got) if component.task else {}
+    base_task = component.task.measure(torch_out, base_out) if component.task else {}
     size, base_size = weight_bytes(package.path), weight_bytes(base.path)
     primary = component.outputs[0]
 
-    pinned = {"weight_bytes": Metric(size, "lower", slack=0)}
-    for name, figures in outputs.items():
-        pinned[f"{name}.quality_vs_torch"] = Metric(figures["quality_vs_torch"], "higher", slack=QUALITY_SLACK)
-        pinned[f"{name}.quality_vs_baseline"] = Metric(figures["quality_vs_baseline"], "higher", slack=QUALITY_SLACK)
-        pinned[f"{name}.psnr_vs_torch_db"] = Metric(min(figures["psnr_vs_torch_db"], 200.0), "higher",
-                                                    slack=PSNR_SLACK_DB)
-    for metric, slack in TASK_SLACK.items():
-        if metric in task:
-            pinned[f"task.{metric}"] = Metric(task[metric], "higher", slack=slack)
+    pinned = pinned_quantization_metrics(outputs, size, task, component.task)
 
     failure = None
     try:
@@ -117,7 +110,8 @@ from conversions import metrics, quantize
 from conversions.parity import model_runner, run_stream
 from conversions.runtime import load_model
 from conversions.snapshots import Metric, metrics_snapshot
-from conversions.vad import silero
+from conversions.audio import load_speech_clip
+from conversions.models.silero_vad import FAMILY, converters, modules
 
 import pytest
 
@@ -126,17 +120,17 @@ BITS = int(os.environ["GATE_BITS"])
 
 @pytest.mark.parametrize("case", ["silero-vad/unified-36ms/palettize/mil-fp16"])
 def test_quantization(snapshot, case):
-    model = silero.build_clean_model()
-    component = silero.FAMILY.component("unified-36ms")
+    model = modules.build_clean_model()
+    component = FAMILY.component("unified-36ms")
     base = component.convert(model, "fp16")
-    exclude = silero.stft_basis_ops(base)
+    exclude = converters.stft_basis_ops(base)
     step = quantize.Step("palettize_weights", "OpPalettizerConfig",
                          (("mode", "kmeans"), ("nbits", BITS), ("granularity", "per_tensor")))
     compressed = quantize.Strategy(f"palettize-{BITS}bit", "gate demo", "iOS17", (step,)).apply(base, exclude)
-    feeds = component.clip_feeds(model, silero.read_wav(silero.CLIP_PATH))[:120]
+    feeds = component.clip_feeds(model, load_speech_clip())[:120]
 
     def probability(m):
-        out = run_stream(model_runner(load_model(m, backend="mil")), feeds, component.state, component.initial_state())
+        out = run_stream(model_runner(load_model(m, backend="mil")), feeds, component.state, component.initial_state(model))
         return out.outputs["probability"]
 
     q = metrics.quality(probability(base), probability(compressed))

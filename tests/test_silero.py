@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conversions.vad import silero
+from conversions import audio
+from conversions.models.silero_vad import modules as silero
 
 
 @pytest.fixture(scope="module")
 def waveform():
-    return silero.read_wav(silero.CLIP_PATH)
+    return audio.load_speech_clip()
 
 
 def test_silero_clip_holds_speech_and_non_speech(waveform):
@@ -56,19 +57,19 @@ def test_silero_256ms_model_is_8_calls_of_the_36ms_model_with_noisy_or(waveform)
     torch.testing.assert_close(c256, c, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", silero.AUDIO_KINDS)
+@pytest.mark.parametrize("kind", audio.AUDIO_KINDS)
 def test_silero_synthetic_audio(kind):
-    x = silero.synthetic_audio(kind, 16000, 0.25, seed=3)
+    x = audio.synthetic_audio(kind, 16000, 0.25, seed=3)
     assert x.shape == (1, 16000) and x.dtype == np.float32
     assert np.abs(x).max() <= 0.25
     assert (np.abs(x).max() > 0.05) == (kind != "silence")
-    assert np.array_equal(x, silero.synthetic_audio(kind, 16000, 0.25, seed=3))
-    assert silero.synthetic_audio(kind, 0, 0.25, seed=3).shape == (1, 0)
+    assert np.array_equal(x, audio.synthetic_audio(kind, 16000, 0.25, seed=3))
+    assert audio.synthetic_audio(kind, 0, 0.25, seed=3).shape == (1, 0)
 
 
 def test_silero_synthetic_audio_rejects_unknown_kinds():
     with pytest.raises(ValueError, match="'hum'"):
-        silero.synthetic_audio("hum", 10, 1.0, 0)
+        audio.synthetic_audio("hum", 10, 1.0, 0)
 
 
 def test_silero_read_wav_names_the_file_and_the_wrong_format(tmp_path):
@@ -79,4 +80,4 @@ def test_silero_read_wav_names_the_file_and_the_wrong_format(tmp_path):
         f.setframerate(8000)
         f.writeframes(b"\0\0" * 20)
     with pytest.raises(ValueError, match="stereo.wav.*16-bit mono 16000 Hz, got 2 channel.*8000 Hz"):
-        silero.read_wav(path)
+        audio.read_wav(path)

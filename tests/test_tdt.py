@@ -1,4 +1,4 @@
-"""The host-side greedy TDT decoder (``conversions/stt/tdt.py``).
+"""The host-side greedy TDT decoder (``conversions/models/parakeet_tdt/tdt.py``).
 
 Three kinds of evidence:
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conversions.stt.tdt import TDTResult, greedy_tdt_decode
+from conversions.models.parakeet_tdt.tdt import TDTResult, greedy_tdt_decode
 
 DATA = Path(__file__).parent / "data"
 MODEL_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "models"
@@ -264,7 +264,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def nemo_model(one_thread):
     pytest.importorskip("nemo.collections.asr")
-    from conversions.stt.nemo_models import tiny_parakeet_tdt
+    from conversions.models.parakeet_tdt.nemo_models import tiny_parakeet_tdt
 
     return tiny_parakeet_tdt(MODEL_CACHE)
 
@@ -275,7 +275,7 @@ def encoded(nemo_model):
     each in the 15 s window; the clip with its true length (so encoder_length < T), the others filling it."""
     import torch
 
-    from conversions.vad.silero import read_wav
+    from conversions.audio import read_wav
 
     clip = read_wav(DATA / "speech_noise_16k.wav")
     rng = np.random.default_rng(0)

@@ -328,3 +328,24 @@ def test_summary_without_argument_is_a_usage_error():
     result = _summary()
     assert result.returncode == 2
     assert "usage" in result.stderr
+
+
+def test_summary_and_report_name_the_same_worst_output(tmp_path):
+    """The job summary and the report's error summary rank outputs by one rule (conversions/report_schema.py): an
+    output held to a PSNR floor only never hides an elementwise-bounded one, whatever its raw max_abs."""
+    from conversions.report_schema import worst_output
+
+    record = {"metrics": {"probability": {"max_abs": 0.004, "allclose": True},
+                          "new_cell_state": {"max_abs": 0.9, "allclose": True}},
+              "bounds": {"probability": {"atol": 0.005}, "new_cell_state": {"atol": None}}}
+    assert worst_output(record) == ("probability", 0.004, 0.005)
+    model = tmp_path / "report" / "m"
+    model.mkdir(parents=True)
+    (model / "metadata.json").write_text(json.dumps({
+        "model": "m", "summary": {"results": 1, "matched": 1, "failed": 0},
+        "results": [{**record, "component": "c", "variant": "mil-fp16", "test": "clip", "match": True,
+                     "failure": None}]}))
+    done = _summary(tmp_path / "report")
+    assert done.returncode == 0, done.stderr
+    row = next(r for table in _tables(done.stdout) for r in table if r[:2] == ["c", "mil-fp16"])
+    assert "probability" in row and "new_cell_state" not in row

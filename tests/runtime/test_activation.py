@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conversions.runtime.mil.ops import REGISTRY
-from conversions.testing import FP32_TOLERANCE, convert_module, op_types, run_on_runtime, torch_outputs
+from conversions.testing import (FP32_TOLERANCE, assert_outputs_close, convert_module, op_types, run_on_runtime,
+                                 torch_outputs)
 
 # fp16 programs with fp16-exact inputs: each output went through at most three fp16 roundings (2**-11 relative
 # each; e.g. mish = softplus -> tanh -> mul), so 4 ulps; atol for outputs that cancel towards 0.
@@ -52,13 +53,6 @@ def fp16_params(lo, hi, n=None):
 
 # Rank 4 with at least 2 channels, for per-channel parameters (prelu, softplus_parametric).
 CHANNEL_SHAPES = st.tuples(st.integers(1, 2), st.integers(2, 4), st.integers(1, 4), st.integers(1, 4))
-
-
-def assert_outputs_close(got, expected, names, tol):
-    assert len(got) == len(expected) == len(names)
-    for name, g, e in zip(names, got, expected, strict=True):
-        assert g.shape == e.shape, f"{name}: shape {g.shape} vs reference {e.shape}"
-        np.testing.assert_allclose(g.astype(np.float64), np.asarray(e, np.float64), err_msg=name, **tol)
 
 
 # ---- torch modules ------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from coremltools.converters.mil.mil import types as mil_types
 from hypothesis import given, strategies as st
 
 from conversions.runtime import load_model
-from conversions.testing import assert_matches_torch, convert_module, op_types
+from conversions.testing import assert_matches_torch, assert_outputs_close, convert_module, op_types
 
 PRECISIONS = ["fp32", "fp16"]
 TARGETS = ["iOS17", "iOS18"]  # iOS17 decomposes attention into matmul/softmax, iOS18 emits the fused op
@@ -138,8 +138,7 @@ def test_builder_sdpa_masks_broadcast(precision, lead, q_len, kv_len, embed, val
                 numpy_attention(q64, k64, v64, bias.astype(np.float64))]
     # fp16: weights sum to 1, so the error is ~ max|v| * (2**-11 per rounding of q, k, v, scores) ~ 1e-2
     tol = dict(atol=1e-5, rtol=1e-4) if precision == "fp32" else dict(atol=2e-2, rtol=2e-2)
-    for name, g, e in zip(["no mask", "bool mask", "float mask"], got, expected):
-        np.testing.assert_allclose(g, e, err_msg=name, **tol)
+    assert_outputs_close(got, expected, ["no mask", "bool mask", "float mask"], tol)
 
 
 class RelPositionMHA(torch.nn.Module):

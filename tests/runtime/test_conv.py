@@ -185,7 +185,7 @@ def test_builder_conv_pad_types(h, w, kh, kw, stride, dilation, pads, seed):
 
     kinds, outputs = run_program(prog, {"a": x})
     assert kinds == ["conv"] * 4
-    for pad_type, got in zip(PAD_TYPES, outputs):
+    for pad_type, got in zip(PAD_TYPES, outputs, strict=True):
         if pad_type in ("same", "same_lower"):
             top, bottom = tf_same_pads(h, kh, stride, dilation, pad_type == "same_lower")
             left, right = tf_same_pads(w, kw, stride, dilation, pad_type == "same_lower")
@@ -284,7 +284,7 @@ def test_builder_conv_transpose(size, k, stride, dilation, groups, pads, extra, 
 
     kinds, outputs = run_program(prog, {"a": x})
     assert kinds == ["conv_transpose"] * 4
-    for (mode, (_, (begin, length))), got in zip(cases.items(), outputs):
+    for (mode, (_, (begin, length))), got in zip(cases.items(), outputs, strict=True):
         expected = conv_transpose_reference(x.astype(np.float64), weight.astype(np.float64), stride, dilation,
                                             groups, begin, length)
         assert got.shape == expected.shape, mode

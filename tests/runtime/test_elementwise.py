@@ -24,7 +24,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conversions.testing import FP16_TOLERANCE, FP32_TOLERANCE, convert_module, op_types, run_on_runtime, torch_outputs
+from conversions.testing import (FP16_TOLERANCE, FP32_TOLERANCE, assert_outputs_close, convert_module, op_types,
+                                 run_on_runtime, torch_outputs)
 
 # fp16 program, fp16-exact inputs, one op per output: only the output rounding (2**-11 relative) remains.
 ONE_OP_FP16 = {"atol": 1e-5, "rtol": 1e-3}
@@ -40,16 +41,6 @@ def grid_values(shape, lo, hi, step, nonzero=False):
     """float32 arrays of multiples of ``step`` in ``[lo, hi]``: ties, halves and exact quotients happen often."""
     ks = [k for k in range(int(lo / step), int(hi / step) + 1) if k or not nonzero]
     return hnp.arrays(np.float32, shape, elements=st.sampled_from([np.float32(k * step) for k in ks]))
-
-
-def assert_outputs_close(got, expected, names, tol):
-    assert len(got) == len(expected) == len(names)
-    for name, g, e in zip(names, got, expected, strict=True):
-        assert g.shape == e.shape, f"{name}: shape {g.shape} vs reference {e.shape}"
-        if np.asarray(e).dtype.kind == "f":
-            np.testing.assert_allclose(g.astype(np.float64), e.astype(np.float64), err_msg=name, **tol)
-        else:
-            np.testing.assert_array_equal(g.astype(np.int64), e.astype(np.int64), err_msg=name)
 
 
 def check_module(module, arrays, names, expect_ops, *, precision, target="iOS17", tol=None):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conversions.runtime import BackendUnavailableError, ModelPackageError, coreml_available, load_model
-from conversions.testing import convert_module
+from conversions.testing import convert_module, edit_package_spec
 
 
 class TwoInputs(torch.nn.Module):
@@ -102,6 +102,112 @@ def test_empty_protobuf(broken):
         load_model(broken, backend="mil")
 
 
+# ---- packages that parse but do not hold together: ModelPackageError at load, naming what is wrong ---------
+def _block(spec):
+    function = spec.mlProgram.functions["main"]
+    return function.block_specializations[function.opset]
+
+
+def _op(spec, op_type):
+    return next(op for op in _block(spec).operations if op.type == op_type)
+
+
+def _op_name(op) -> str:
+    return op.attributes["name"].immediateValue.tensor.strings.values[0]
+
+
+def _load_broken(broken, edit):
+    edit_package_spec(broken, edit)
+    with pytest.raises(ModelPackageError) as info:
+        load_model(broken, backend="mil")
+    message = str(info.value)
+    assert str(broken) in message, message  # names the package
+    return message
+
+
+def test_op_reading_an_undefined_variable(broken):
+    names = {}
+
+    def edit(spec):
+        linear = _op(spec, "linear")
+        names["linear"] = _op_name(linear)
+        linear.inputs["x"].arguments[0].name = "does_not_exist"
+
+    message = _load_broken(broken, edit)
+    assert (f"op '{names['linear']}' (linear) of function 'main' reads 'does_not_exist' (its input 'x'), "
+            "which no earlier op or function input defines") in message
+    assert "1 problem)" in message
+
+
+def test_op_reading_a_variable_defined_after_it(broken):
+    names = {}
+
+    def edit(spec):  # the last op (mul) moved to the front: it reads the linear op's output before it exists
+        ops = list(_block(spec).operations)
+        mul, linear = ops[-1], _op(spec, "linear")
+        assert mul.type == "mul"
+        names.update(mul=_op_name(mul), linear=_op_name(linear), var=linear.outputs[0].name)
+        del _block(spec).operations[:]
+        _block(spec).operations.extend([mul] + ops[:-1])
+
+    message = _load_broken(broken, edit)
+    assert (f"op '{names['mul']}' (mul) of function 'main' reads '{names['var']}' (its input 'x'), "
+            f"which op '{names['linear']}' (linear) defines only after it") in message
+
+
+def test_declared_output_the_program_never_produces(broken):
+    returned = []
+
+    def edit(spec):
+        returned.extend(_block(spec).outputs)
+        spec.description.output[0].name = "renamed_output"
+
+    message = _load_broken(broken, edit)
+    assert (f"the model description declares output 'renamed_output', which function 'main' never produces "
+            f"(it returns {returned})") in message
+    assert (f"function 'main' returns {returned[0]!r}, which the model description does not declare as an output "
+            "(it declares ['renamed_output'])") in message
+    assert "2 problems)" in message
+
+
+def test_block_output_that_nothing_defines(broken):
+    def edit(spec):  # block and description agree on the name, but no op defines it
+        _block(spec).outputs[0] = "ghost"
+        spec.description.output[0].name = "ghost"
+
+    message = _load_broken(broken, edit)
+    assert "function 'main' returns 'ghost' (a block output), which no op or function input defines" in message
+    assert "1 problem)" in message
+
+
+def test_declared_input_the_function_does_not_take(broken):
+    message = _load_broken(broken, lambda spec: setattr(spec.description.input[1], "name", "stepz"))
+    assert "the model description declares input 'stepz', which function 'main' does not take " \
+           "(it takes ['audio', 'steps'])" in message
+    assert "function 'main' takes input 'steps', which the model description does not declare " \
+           "(it declares ['audio', 'stepz'])" in message
+
+
+def test_function_input_the_description_does_not_declare(broken):
+    message = _load_broken(broken, lambda spec: spec.description.input.pop())
+    assert "function 'main' takes input 'steps', which the model description does not declare " \
+           "(it declares ['audio'])" in message
+    assert "1 problem)" in message
+
+
+def test_many_problems_are_summarized(broken):
+    def edit(spec):
+        for op in _block(spec).operations:
+            for argument in op.inputs.values():
+                for binding in argument.arguments:
+                    if binding.WhichOneof("binding") == "name":
+                        binding.name = "does_not_exist"
+
+    message = _load_broken(broken, edit)
+    count = int(message.split("inconsistent model program (")[1].split(" ")[0])
+    assert count > 10 and message.count("reads 'does_not_exist'") == 10 and f"and {count - 10} more" in message
+
+
 @pytest.fixture(scope="module")
 def model(package):
     return load_model(package, backend="mil")
@@ -147,11 +253,16 @@ def test_integer_out_of_range(model):
 
 
 def test_accepts_other_float_widths(model):
-    a = model.predict(_feeds())
     feeds = _feeds()
+    # Not zeros: any reading of the float64 buffer gives zeros for zeros. float32 values, so the cast is exact.
+    feeds["audio"] = np.random.default_rng(0).standard_normal((1, 4, 16)).astype(np.float32)
+    feeds["steps"] = np.arange(1, 5, dtype=np.int32)[None]
+    a = model.predict(feeds)
     feeds["audio"] = feeds["audio"].astype(np.float64)
     b = model.predict(feeds)
-    np.testing.assert_array_equal(a[model.outputs[0].name], b[model.outputs[0].name])
+    (name,) = [spec.name for spec in model.outputs]
+    assert np.abs(a[name]).max() > 0.1
+    np.testing.assert_array_equal(a[name], b[name])
 
 
 def _program_with(op_builder, target="iOS17"):

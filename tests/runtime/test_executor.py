@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from conversions.runtime import load_model
 from conversions.runtime.mil import compare_traces
-from conversions.testing import assert_matches_torch, convert_module
+from conversions.testing import FP32_TOLERANCE, assert_matches_torch, assert_outputs_close, convert_module, torch_outputs
 
 
 class LinearConvStack(torch.nn.Module):
@@ -40,10 +40,10 @@ def stack_fp16():
 def test_fp16_storage_is_emulated(stack_fp16):
     module, x, mlmodel = stack_fp16
     fp16 = load_model(mlmodel, backend="mil").trace({"x0": x.numpy()})
-    for op in fp16.values():
-        for arr in op.outputs.values():
-            if arr.dtype.kind == "f":
-                assert arr.dtype == np.float16, f"{op.name} output is {arr.dtype}, the program types it fp16"
+    floats = [(op.name, arr) for op in fp16.values() for arr in op.outputs.values() if arr.dtype.kind == "f"]
+    assert len(floats) >= 5  # linear, transpose, conv, relu, sigmoid at least: the loop below checks something
+    for name, arr in floats:
+        assert arr.dtype == np.float16, f"{name} output is {arr.dtype}, the program types it fp16"
     fp32 = load_model(mlmodel, backend="mil", precision="fp32").trace({"x0": x.numpy()})
     last = list(fp32)[-1]
     assert fp32[last].value.dtype == np.float32
@@ -53,12 +53,19 @@ def test_fp16_storage_is_emulated(stack_fp16):
 
 
 def test_outputs_follow_declared_dtype_and_names(stack_fp16):
-    _, x, mlmodel = stack_fp16
+    module, x, mlmodel = stack_fp16
     model = load_model(mlmodel, backend="mil")
     out = model.predict({"x0": x.numpy()})
-    assert list(out) == [s.name for s in model.outputs]
-    for spec in model.outputs:
-        assert out[spec.name].dtype == spec.dtype and out[spec.name].shape == spec.shape
+    # Expectations from outside the runtime (coremltools' model description, torch's output shape), which
+    # model.outputs must repeat: an fp16 program for iOS17 declares an fp16 output.
+    from coremltools.proto import FeatureTypes_pb2
+
+    (feature,) = mlmodel.get_spec().description.output
+    assert feature.type.multiArrayType.dataType == FeatureTypes_pb2.ArrayFeatureType.FLOAT16
+    (expected,) = torch_outputs(module, [x])
+    assert list(out) == [s.name for s in model.outputs] == [feature.name]
+    assert out[feature.name].dtype == model.outputs[0].dtype == np.float16
+    assert out[feature.name].shape == model.outputs[0].shape == expected.shape
 
 
 def test_saved_package_and_in_memory_model_agree(stack_fp16, tmp_path):
@@ -67,6 +74,7 @@ def test_saved_package_and_in_memory_model_agree(stack_fp16, tmp_path):
     mlmodel.save(str(path))
     a = load_model(mlmodel, backend="mil").predict({"x0": x.numpy()})
     b = load_model(str(path), backend="mil").predict({"x0": x.numpy()})
+    assert list(a) == list(b) and len(a) == 1
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
 
@@ -116,3 +124,26 @@ def test_intermediates_are_freed_after_their_last_use(stack_fp16):
             assert freed.get(slot, len(executor.steps)) >= i, f"step {i} ({step.op.name}) reads freed slot {slot}"
     assert set(freed) == set(executor.slot_of.values()) - outputs  # everything but the outputs is released
     assert not any(s.op.op_type == "const" for s in executor.steps)  # constants are resolved at load time
+
+
+def test_multifunction_package_runs_each_function(tmp_path):
+    """Each function of a multi-function package with its own I/O description (the top-level one is empty)."""
+    import coremltools as ct
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 8)
+    modules = {"first": LinearConvStack(), "second": LinearConvStack(channels=3)}
+    descriptor = ct.utils.MultiFunctionDescriptor()
+    for name, module in modules.items():
+        path = tmp_path / f"{name}.mlpackage"
+        convert_module(module, [x], precision="fp32", target="iOS18").save(str(path))
+        descriptor.add_function(str(path), src_function_name="main", target_function_name=name)
+    descriptor.default_function_name = "second"
+    package = tmp_path / "multi.mlpackage"
+    ct.utils.save_multifunction(descriptor, str(package))
+    for function_name, name in [(None, "second"), ("first", "first"), ("second", "second")]:
+        model = load_model(package, backend="mil", precision="fp32", function_name=function_name)
+        assert model.function.name == name and [s.name for s in model.inputs] == ["x0"]
+        out = model.predict({"x0": x.numpy()})
+        assert_outputs_close([out[s.name] for s in model.outputs], torch_outputs(modules[name], [x]),
+                             tol=FP32_TOLERANCE)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types as mil_types
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from conversions.runtime import load_model
 from conversions.testing import assert_matches_torch, convert_module, op_types, run_program
@@ -69,14 +69,20 @@ class GridSample(torch.nn.Module):
 @given(mode=st.sampled_from(["bilinear", "nearest"]), padding_mode=st.sampled_from(["zeros", "border", "reflection"]),
        align_corners=st.booleans(), h=st.integers(1, 6), w=st.integers(1, 6), oh=st.integers(1, 5),
        ow=st.integers(1, 5), seed=st.integers(0, 2**16))
+# A coordinate 0.04 pixel below a tie, which a fixed +0.04 pixel nudge used to move onto the tie.
+@example(mode="nearest", padding_mode="zeros", align_corners=True, h=1, w=6, oh=1, ow=2, seed=10262)
 def test_torch_grid_sample_is_resample(precision, mode, padding_mode, align_corners, h, w, oh, ow, seed):
     torch.manual_seed(seed)
     grid = torch.rand(2, oh, ow, 2) * 3 - 1.5  # in and out of the image
     if mode == "nearest":
-        # keep clear of the rounding ties between two pixels, which fp16 coordinates can flip
+        # Keep clear of the rounding ties between two pixels, which fp16 coordinates can flip: a coordinate within
+        # 0.05 pixel of a tie moves 0.1 pixel away from it (a grid unit spans `span` / 2 pixels).
         size = torch.tensor([w, h])
-        pixels = ((grid + 1) * size - 1) / 2 if not align_corners else (grid + 1) * (size - 1) / 2
-        grid = torch.where((pixels - pixels.floor() - 0.5).abs() < 0.05, grid + 0.1 / size, grid)
+        span = (size - 1 if align_corners else size).clamp(min=1)
+        pixels = (grid + 1) * span / 2 - (0.0 if align_corners else 0.5)
+        offset = pixels - pixels.floor() - 0.5  # 0 at a tie
+        away = torch.where(offset < 0, -0.1, 0.1) * 2 / span
+        grid = torch.where(offset.abs() < 0.05, grid + away, grid)
     assert_matches_torch(GridSample(mode, padding_mode, align_corners), [torch.randn(2, 3, h, w), grid],
                          precision=precision)
 
@@ -160,7 +166,7 @@ def test_builder_resize_bilinear_sampling_modes(h, w, th, tw, seed):
 
     kinds, outputs = run_program(prog, {"a": x})
     assert kinds == ["resize_bilinear"] * 5 + ["resize"] * 5
-    for mode, got_a, got_b in zip(SAMPLING_MODES, outputs[:5], outputs[5:]):
+    for mode, got_a, got_b in zip(SAMPLING_MODES, outputs[:5], outputs[5:], strict=True):
         rows, cols = interp_matrix(h, spec_grid(h, th, mode)), interp_matrix(w, spec_grid(w, tw, mode))
         expected = rows @ x.astype(np.float64) @ cols.T
         np.testing.assert_allclose(got_a, expected, atol=1e-5, rtol=1e-4, err_msg=mode)

@@ -1,6 +1,6 @@
 """The real speech-model components on the portable runtime vs torch: Parakeet TDT (NeMo) and Kokoro (kokoro).
 
-Small random-weight instances built through the real libraries by ``scripts/op_inventory.py`` (same wrappers,
+Small random-weight instances built through the real libraries by ``conversions/op_inventory.py`` (same wrappers,
 same conversion), converted for iOS17/iOS18 with fp16 and fp32 compute precision, run with
 ``load_model(mlmodel, backend="mil", precision=...)`` and compared with the wrapper's torch output.
 
@@ -40,10 +40,10 @@ KOKORO_REASON = "kokoro is not installed: the models extra, pip install -e .[mod
 
 
 def load_inventory_module():
-    """``scripts/op_inventory.py`` as a module (it holds the wrappers and the conversion)."""
-    from conversions.testing import load_script
+    """:mod:`conversions.op_inventory` (it holds the wrappers and the conversion)."""
+    from conversions import op_inventory
 
-    return load_script("op_inventory")
+    return op_inventory
 
 
 def quiet_libraries():

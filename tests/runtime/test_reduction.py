@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conversions.runtime.mil.ops import REGISTRY
-from conversions.testing import FP32_TOLERANCE, convert_module, op_types, run_on_runtime, torch_outputs
+from conversions.testing import (FP32_TOLERANCE, assert_outputs_close, convert_module, op_types, run_on_runtime,
+                                 torch_outputs)
 
 ONE_OP_FP16 = {"atol": 1e-5, "rtol": 1e-3}  # fp16 program, exact inputs, fp32 accumulation: the output rounding only
 
@@ -37,17 +38,6 @@ def axes_of(rank):
     """A non-empty sorted set of axes, each written positive or negative at random."""
     return st.sets(st.integers(0, rank - 1), min_size=1).flatmap(
         lambda axes: st.tuples(*[st.sampled_from([a, a - rank]) for a in sorted(axes)]))
-
-
-def assert_outputs_close(got, expected, names, tol):
-    assert len(got) == len(expected) == len(names)
-    for name, g, e in zip(names, got, expected, strict=True):
-        e = np.asarray(e)
-        assert g.shape == e.shape, f"{name}: shape {g.shape} vs reference {e.shape}"
-        if e.dtype.kind == "f":
-            np.testing.assert_allclose(g.astype(np.float64), e.astype(np.float64), err_msg=name, **tol)
-        else:
-            np.testing.assert_array_equal(g.astype(np.int64), e.astype(np.int64), err_msg=name)
 
 
 # ---- torch modules ------------------------------------------------------------------------------------------

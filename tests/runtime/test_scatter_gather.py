@@ -338,7 +338,7 @@ def _some_negative(rng, indices, sizes):
 
 
 def _check_every_mode(got, reference):
-    for mode, out in zip(MODES, got):
+    for mode, out in zip(MODES, got, strict=True):
         np.testing.assert_allclose(out, reference(mode), err_msg=f"mode {mode!r}", **SCATTER_TOL)
 
 

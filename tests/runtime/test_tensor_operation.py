@@ -22,8 +22,8 @@ from coremltools.converters.mil.mil import types
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conversions.testing import (assert_close, TorchFunction, convert_module, convert_program, op_types,
-                                 predict_outputs, run_on_runtime, torch_outputs)
+from conversions.testing import (TorchFunction, assert_close, assert_outputs_close, convert_module, convert_program,
+                                 op_types, predict_outputs, run_on_runtime, torch_outputs)
 
 PRECISIONS = ["fp32", "fp16"]
 TARGETS = ["iOS17", "iOS18"]
@@ -49,8 +49,7 @@ def convert_flexible(module, example_inputs, flexible: dict[tuple[int, int], tup
 
 def assert_runtime_matches_torch(mlmodel, module, inputs, precision: str) -> None:
     got = run_on_runtime(mlmodel, inputs, precision=precision)
-    for i, (g, e) in enumerate(zip(got, torch_outputs(module, inputs), strict=True)):
-        assert_close(g, e, precision, f"output {i}")
+    assert_outputs_close(got, torch_outputs(module, inputs), precision=precision)
 
 
 def floats(shape, seed: int) -> np.ndarray:
@@ -235,9 +234,7 @@ def test_concat_interleave_split_stack_match_numpy(seed):
     interleaved[:, 0::2], interleaved[:, 1::2] = a, b
     expected = [interleaved, np.concatenate([a, b, a], axis=-1), a[..., 0:2], a[..., 2:4], a[..., 4:6],
                 b[..., :1], b[..., 1:5], b[..., 5:], np.stack([a, b], axis=-1), np.stack([a, b])]
-    assert len(got) == len(expected)
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"output {i}")
+    assert_outputs_close(got, expected)
 
 
 @functools.cache
@@ -261,8 +258,7 @@ def test_pad_partial_and_runtime_pads_match_numpy(pads, seed):
     expected = [np.pad(x, [(0, 0), (0, 0), (3, 4)], mode="reflect"),
                 np.pad(x, [(0, 0), (1, 0), (6, 2)], mode="edge"),
                 np.pad(x, [tuple(pads[0:2]), tuple(pads[2:4]), tuple(pads[4:6])], constant_values=7.0)]
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"output {i}")
+    assert_outputs_close(got, expected)
 
 
 REVERSE_SEQUENCE_CASES = {"seq1-batch0": (1, 0), "seq0-batch1": (0, 1), "seq-1-batch1": (-1, 1)}
@@ -327,8 +323,7 @@ def test_band_part_matches_numpy(seed):
     n = np.random.default_rng(seed).integers(-9, 9, (4, 5)).astype(np.int32)
     got = predict_outputs(band_program(), {"x": x, "n": n})
     expected = [band_reference(x, lo, up) for lo, up in BANDS] + [band_reference(n, 1, 0)]
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"output {i}")
+    assert_outputs_close(got, expected)
 
 
 @functools.cache
@@ -387,8 +382,7 @@ def test_fill_like_one_hot_identity_match_numpy(depth, seed):
     expected = [np.full((2, 3), 3, np.int32), np.ones((2, 3), bool),
                 np.moveaxis(np.where(hot, 2.5, -1.0), -1, 0).astype(np.float32),
                 np.eye(6, dtype=np.int32)[labels], x + 1.0]
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"output {i}")
+    assert_outputs_close(got, expected)
 
 
 @functools.cache
@@ -413,8 +407,7 @@ def test_topk_argsort_options_match_numpy(opset, seed):
     down1 = np.argsort(-x, axis=-1, kind="stable")
     expected = [np.take_along_axis(x, up0[:2], axis=0), up0[:2], np.take_along_axis(x, down1[:, :3], axis=-1),
                 up0, down1]
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"output {i}")
+    assert_outputs_close(got, expected)
 
 
 def test_argsort_ties_keep_input_order():
@@ -461,8 +454,7 @@ def test_cumsum_exclusive_reverse_match_numpy(seed):
     flags = [(False, False), (True, False), (False, True), (True, True)]
     expected = [cumsum_reference(x, 1, e, r) for e, r in flags] + [cumsum_reference(x, 0, False, False),
                                                                    cumsum_reference(n, 1, True, True)]
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"output {i}")
+    assert_outputs_close(got, expected)
 
 
 @functools.cache
@@ -491,8 +483,7 @@ def test_cast_truncates_and_maps_bools(precision, seed):
     expected = [np.trunc(x).astype(np.int32), x != 0, (x != 0).astype(np.float32),
                 n.astype(np.float16) if precision == "fp16" else n.astype(np.float32),  # fp16 rounding emulated
                 np.trunc(x).astype(np.int16), (n != 0).astype(np.int32)]
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"output {i}")
+    assert_outputs_close(got, expected)
     assert got[3].dtype == (np.float16 if precision == "fp16" else np.float32)
 
 

@@ -22,8 +22,8 @@ from coremltools.converters.mil.mil import get_new_symbol, types
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conversions.testing import (assert_close, TorchFunction, convert_module, convert_program, op_types,
-                                 predict_outputs, run_on_runtime, torch_outputs)
+from conversions.testing import (TorchFunction, assert_close, assert_outputs_close, convert_module, convert_program,
+                                 op_types, predict_outputs, run_on_runtime, torch_outputs)
 
 PRECISIONS = ["fp32", "fp16"]
 TARGETS = ["iOS17", "iOS18"]
@@ -49,8 +49,7 @@ def assert_converted_matches_torch(module, inputs, precision: str, expect_ops=()
     mlmodel = convert_module(module, inputs, precision=precision)
     assert set(expect_ops) <= set(op_types(mlmodel)), f"expected {expect_ops} in {op_types(mlmodel)}"
     got = run_on_runtime(mlmodel, inputs, precision=precision)
-    for i, (g, e) in enumerate(zip(got, torch_outputs(module, inputs), strict=True)):
-        assert_close(g, e, precision, f"output {i}")
+    assert_outputs_close(got, torch_outputs(module, inputs), precision=precision)
 
 
 def floats(shape, seed: int) -> np.ndarray:
@@ -406,5 +405,4 @@ def test_flatten_squeeze_expand_reshape_like_match_numpy(seed):
                 y.reshape(1, 2, 1, 3),  # unsorted axes index the output, not the input
                 y.reshape(2, 3),  # ref.shape[0:1] + ref.shape[2:]
                 y]
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"output {i}")
+    assert_outputs_close(got, expected)

@@ -18,7 +18,7 @@ from ..io import TensorSpec, check_feeds, specs_from_description
 from ..package import OpenedModel
 from .executor import PRECISIONS, Executor, to_numpy
 from .ops import REGISTRY
-from .program import Program, parse_program
+from .program import Program, check_function, parse_program
 from .trace import Trace, TracedOp, compare_traces
 
 __all__ = ["MILModel", "supported_ops", "compare_traces", "Trace", "TracedOp", "PRECISIONS"]
@@ -44,19 +44,29 @@ class MILModel:
                 f"{spec.WhichOneof('Type')!r} (neural network models predate iOS 15 and are not supported)"
             )
         self.spec = spec
-        self.program: Program = parse_program(spec.mlProgram, opened.weights_dir)
+        try:
+            self.program: Program = parse_program(spec.mlProgram, opened.weights_dir)
+        except ModelPackageError as exc:
+            if opened.source in str(exc):
+                raise
+            raise ModelPackageError(f"{opened.source}: {exc}") from None
         name = function_name or spec.description.defaultFunctionName or "main"
         if name not in self.program.functions:
             raise ModelPackageError(f"{opened.source}: no function {name!r}; it has {sorted(self.program.functions)}")
         self.function = self.program.functions[name]
         description = spec.description
-        if function_name and description.functions:
-            description = next(f for f in description.functions if f.name == name)
+        if description.functions:  # a multi-function model describes each function's I/O (the top level is empty)
+            description = next((f for f in description.functions if f.name == name), None)
+            if description is None:
+                raise ModelPackageError(f"{opened.source}: the model description has no entry for function {name!r}")
+        # A package that parses but does not hold together fails here, naming what is wrong, not at predict time.
+        check_function(self.function, opened.source, [f.name for f in description.input],
+                       [f.name for f in description.output], [f.name for f in getattr(description, "state", ())])
         self.inputs: list[TensorSpec] = specs_from_description(description.input)
         self.outputs: list[TensorSpec] = specs_from_description(description.output)
         self.precision = precision
         self.compute_units = None
-        self.executor = Executor(self.function, precision=precision, check_shapes=check_shapes)
+        self.executor = Executor(self.function, precision=precision, check_shapes=check_shapes, source=opened.source)
         self._output_types = {v: self.executor.types.get(v) for v in self.function.outputs}
 
     @property

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ModelPackageError
 from .ops import REGISTRY
 from .ops._util import TORCH_DTYPES
 from .program import NUMPY_DTYPE_BY_NAME, Function, Operation, TensorType
@@ -92,10 +93,12 @@ class RuntimeOpError(RuntimeError):
 
 
 class Executor:
-    def __init__(self, function: Function, precision: str = "fp16", check_shapes: bool = True):
+    def __init__(self, function: Function, precision: str = "fp16", check_shapes: bool = True,
+                 source: str = "<MIL program>"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.function = function
+        self.source = source  # the package, for messages
         self.precision = precision
         self.check_shapes = check_shapes
         self.types: dict[str, Any] = {v.name: v.type for v in function.inputs}
@@ -110,8 +113,8 @@ class Executor:
                 self.types[out.name] = out.type
             self._compile(op)
         missing = [name for name in function.outputs if name not in self.slot_of and name not in self.constants]
-        if missing:
-            raise RuntimeOpError(f"function {function.name!r} returns {missing}, which no op produces")
+        if missing:  # normally caught earlier by program.check_function
+            raise ModelPackageError(f"{source}: function {function.name!r} returns {missing}, which no op produces")
         self._plan_frees()
 
     # ---- load time -------------------------------------------------------------------------------------
@@ -163,8 +166,9 @@ class Executor:
                 elif b.var in self.slot_of:
                     items.append((True, self.slot_of[b.var]))
                     all_const = False
-                else:
-                    raise RuntimeOpError(f"op {op.name!r} ({op.op_type}) reads {b.var!r}, which is not defined before it")
+                else:  # normally caught earlier by program.check_function
+                    raise ModelPackageError(f"{self.source}: op {op.name!r} ({op.op_type}) reads {b.var!r} (its input "
+                                            f"{param!r}), which is not defined before it")
             if param in kernel.variadic or len(items) > 1:
                 if all(not is_slot for is_slot, _ in items):
                     const_kwargs[param] = [v for _, v in items]

@@ -201,6 +201,59 @@ class ValueReader:
         raise ModelPackageError(f"{what}: unsupported immediate tensor field {field_name!r}")
 
 
+MAX_REPORTED_PROBLEMS = 10
+
+
+def check_function(function: Function, source: str, input_names: list[str] | None = None,
+                   output_names: list[str] | None = None, state_names: list[str] = ()) -> None:
+    """Raise :class:`ModelPackageError` if ``function`` is inconsistent in itself or with the model description.
+
+    In itself: every variable an op reads is defined before it (by a function input or an earlier op), and every
+    variable the function returns is defined. With the description (when ``input_names`` / ``output_names`` are
+    given): the function takes exactly the declared inputs (plus the declared ``state_names``) and returns exactly
+    the declared outputs. The message names ``source`` (the package), the op and the variable of every problem
+    (the first :data:`MAX_REPORTED_PROBLEMS` of them).
+    """
+    where = f"function {function.name!r}"
+    problems: list[str] = []
+    takes = [v.name for v in function.inputs]
+    if input_names is not None:
+        allowed = set(input_names) | set(state_names)
+        problems += [f"the model description declares input {name!r}, which {where} does not take "
+                     f"(it takes {takes})" for name in input_names if name not in takes]
+        problems += [f"{where} takes input {name!r}, which the model description does not declare "
+                     f"(it declares {list(input_names)})" for name in takes if name not in allowed]
+    producer: dict[str, Operation] = {}  # every variable an op defines, to tell "later" from "never"
+    for op in function.operations:
+        for out in op.outputs:
+            producer.setdefault(out.name, op)
+    defined = set(takes)
+    for op in function.operations:
+        for param, bindings in op.inputs.items():
+            for b in bindings:
+                if b.var is None or b.var in defined:
+                    continue
+                later = producer.get(b.var)
+                reason = (f"which op {later.name!r} ({later.op_type}) defines only after it" if later is not None
+                          else "which no earlier op or function input defines")
+                problems.append(f"op {op.name!r} ({op.op_type}) of {where} reads {b.var!r} (its input {param!r}), "
+                                f"{reason}")
+        defined.update(out.name for out in op.outputs)
+    problems += [f"{where} returns {name!r} (a block output), which no op or function input defines"
+                 for name in function.outputs if name not in defined]
+    if output_names is not None:
+        problems += [f"the model description declares output {name!r}, which {where} never produces "
+                     f"(it returns {function.outputs})" for name in output_names if name not in function.outputs]
+        problems += [f"{where} returns {name!r}, which the model description does not declare as an output "
+                     f"(it declares {list(output_names)})" for name in function.outputs if name not in output_names]
+    if problems:
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        raise ModelPackageError(f"{source}: inconsistent model program ({len(problems)} problem"
+                                f"{'s' if len(problems) > 1 else ''}): " + "; ".join(shown)
+                                + (f"; and {more} more" if more else ""))
+
+
 def parse_program(ml_program: MIL_pb2.Program, weights_dir: str | None) -> Program:
     reader = ValueReader(weights_dir)
     try:

@@ -1,0 +1,43 @@
+"""What a report record means, shared by the report (:mod:`conversions.report`) and the CI job summary
+(``scripts/job_summary.py``), so both name the same output as the worst one. Standard library only: the job summary
+runs on the bare runner Python, without the project installed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def as_float(value: Any) -> float | None:
+    """A number from a record (``None``, strings and booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def worst_output(record: dict) -> tuple[str, float | None, float | None] | None:
+    """``(output, max_abs, atol)`` of the output furthest from its absolute bound: among outputs with an ``atol``,
+    one that failed its allclose check first, then the largest ``max_abs / atol`` (outputs differ in scale, so the
+    ratio to their own bound says which one is closest to failing; ``atol`` 0 means exact, any error is infinitely
+    far). Outputs whose ``atol`` is null are held to a PSNR bound only (their allclose flag means nothing), so they
+    are picked, by largest ``max_abs``, only when no output has an ``atol``. A NaN error counts as the worst
+    possible. None without metrics."""
+    metrics = record.get("metrics") or {}
+    bounds = record.get("bounds") or {}
+    best = None
+    for output, m in metrics.items():
+        if not isinstance(m, dict):
+            continue
+        max_abs = as_float(m.get("max_abs"))
+        atol = as_float((bounds.get(output) or {}).get("atol"))
+        err = math.inf if max_abs is None or math.isnan(max_abs) else max_abs
+        if atol is None:
+            rank = (False, False, err)
+        elif atol > 0:
+            rank = (True, m.get("allclose") is False, err / atol)
+        else:
+            rank = (True, m.get("allclose") is False, math.inf if err > 0 else 0.0)
+        if best is None or rank > best[0]:
+            best = (rank, output, max_abs, atol)
+    return None if best is None else best[1:]

@@ -1,1 +1,0 @@
-"""Voice activity detection models: clean, convertible re-implementations and their references."""
