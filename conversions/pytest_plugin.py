@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def pytest_addoption(parser):
                     help="torch intra-op threads while checking parity (default 1: torch's and the portable runtime's "
                          "summation order, hence fp16 figures and their baselines, do not depend on the machine's core "
                          "count; 0 keeps torch's default). Timed benchmark runs keep torch's default.")
+    group.addoption("--allow-empty-selection", action="store_true", default=False,
+                    help="exit 0 even when the selected parity checks all skip (e.g. --backend coreml off macOS, a "
+                         "family whose extra is missing); by default such a run fails, saying what was requested "
+                         "and why nothing ran")
     for family in registry.families():
         for option in family.options:
             group.addoption(option.flag, dest=option.dest, default=None, metavar=option.metavar,
@@ -148,6 +153,7 @@ def _is_worker(config) -> bool:
 
 
 def pytest_configure(config):
+    _CONFIG["config"] = config
     _register_hypothesis_profiles()
     selected_variants(config)  # a bad --backend fails at startup
     configured_families(config)  # bad model-source options fail at startup
@@ -432,22 +438,108 @@ def skip_unless_runnable(variant: registry.Variant) -> None:
     from .runtime import coreml_available
 
     if variant.backend == "coreml" and not coreml_available():
-        pytest.skip(f"{variant.id}: Apple's Core ML runtime runs on macOS only (this is {sys.platform}); "
-                    f"the mil-* variants check the same package here")
+        # One reason for every Core ML variant (the variant is in the test id), so skip summaries group them.
+        pytest.skip(f"Apple's Core ML runtime runs on macOS only (this is {sys.platform}); the mil-* variants "
+                    f"check the same packages here")
+
+
+# ---- outcomes: pytest's own verdict of every generated check ------------------------------------------------
+CASE_PROPERTY = "coreml_parity_case"  # item.user_properties key: what a generated check is (travels with xdist)
+OUTCOMES = pytest.StashKey[dict]()
+FAILURE_TEXT_CHARS = 4000
+
+
+def _case_meta(item) -> dict | None:
+    """What a generated numeric check is (family, component, variant, kind), from its parametrization."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    name = getattr(item, "originalname", item.name)
+    if "parity_case" in params:
+        case = params["parity_case"]
+        meta = {"test": "clip" if name == "test_parity" else "random", "component": case.component.name}
+        variant, family = case.variant, case.family
+    elif "quantization_case" in params:
+        case, strategy = params["quantization_case"]
+        from .report import QUANTIZATION_TEST
+
+        meta = {"test": QUANTIZATION_TEST, "component": case.component.name, "strategy": strategy}
+        variant, family = case.variant, case.family
+    elif "pipeline_case" in params:
+        case = params["pipeline_case"]
+        meta = {"test": "pipeline", "component": case.pipeline.name}
+        variant, family = case.variant, case.family
+        if variant is None:
+            return {**meta, "model": family.name, "variant": "torch", "backend": "torch", "compute_units": None,
+                    "precision": "fp32"}
+    else:
+        return None
+    return {**meta, "model": family.name, "variant": variant.id, "backend": variant.backend,
+            "compute_units": variant.compute_units, "precision": variant.program_precision}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        meta = _case_meta(item)
+        if meta is not None:
+            item.user_properties.append((CASE_PROPERTY, meta))
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(getattr(report, "longreprtext", "") or longrepr or "skipped")
+
+
+def _failure_text(report) -> str:
+    """The assertion's own lines of a failed report (pytest's ``E`` lines), or its last lines."""
+    text = getattr(report, "longreprtext", "") or ""
+    lines = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")]
+    chosen = "\n".join(lines) if lines else "\n".join(text.splitlines()[-20:])
+    return chosen[:FAILURE_TEXT_CHARS]
+
+
+def pytest_runtest_logreport(report):
+    """Every phase's report of a generated check, in the process that sees the whole session (the controller under
+    pytest-xdist): the check's final outcome, reason and failure text go into the report by construction."""
+    config = _CONFIG.get("config")
+    if config is None or _is_worker(config):
+        return
+    meta = next((value for key, value in getattr(report, "user_properties", ()) if key == CASE_PROPERTY), None)
+    if meta is None:
+        return
+    entry = config.stash.setdefault(OUTCOMES, {}).setdefault(report.nodeid, {"meta": meta, "outcome": None})
+    xfail = getattr(report, "wasxfail", None)
+    if report.failed:
+        entry.update(outcome="failed", failure=_failure_text(report) if report.when != "teardown" else
+                     f"teardown failed: {_failure_text(report)}")
+    elif entry["outcome"] == "failed":
+        return
+    elif report.skipped and xfail is not None:
+        entry.update(outcome="xfailed", reason=str(xfail))
+    elif report.skipped:
+        entry.update(outcome="skipped", reason=_skip_reason(report))
+    elif report.when == "call":
+        entry.update(outcome="xpassed" if xfail is not None else "passed")
+
+
+_CONFIG: dict = {}
 
 
 # ---- the report ---------------------------------------------------------------------------------------------
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session, exitstatus):
     config = session.config
     if _is_worker(config) or RECORDS_ENV not in os.environ:
         return
-    from .report import build_reports, read_records
+    from .report import build_reports, read_records, with_outcomes
 
     records_dir = Path(os.environ[RECORDS_ENV])
     from .snapshots import read_improvements
 
     config.stash[IMPROVEMENTS] = read_improvements(records_dir)
-    records = read_records(records_dir)
+    outcomes = config.stash.get(OUTCOMES, {})
+    # The report says what pytest says: every generated check's final outcome (snapshot gate, xfail, skip included)
+    # overrides what the test body could record before its last assertion.
+    records = with_outcomes(read_records(records_dir), outcomes)
     if records:
         tools = tuple(dict.fromkeys(t for f in configured_families(config) for t in f.tools))
         config.stash[REPORT_PATHS] = build_reports(records, report_dir(config), None, tools=tools)
@@ -456,9 +548,41 @@ def pytest_sessionfinish(session):
         records_dir.parent.rmdir()  # only if no other session's records are there
     except OSError:
         pass
+    empty = _empty_selection(config, outcomes)
+    if empty:
+        config.stash[EMPTY_SELECTION] = empty
+        if exitstatus == pytest.ExitCode.OK and not config.getoption("--allow-empty-selection"):
+            session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+EMPTY_SELECTION = pytest.StashKey[str]()
+
+
+def _empty_selection(config, outcomes: dict) -> str | None:
+    """One line when parity checks were selected but none ran (all skipped): what was requested, why not."""
+    if not outcomes or any(e["outcome"] in ("passed", "failed", "xpassed") for e in outcomes.values()):
+        return None
+    reasons = Counter(e.get("reason") or e["outcome"] for e in outcomes.values())
+    requested = f"--backend {config.getoption('--backend')}" if config.getoption("--backend") else "the selection"
+    why = "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(3))
+    return (f"no parity check ran: {requested} selected {len(outcomes)} checks and every one was skipped or "
+            f"xfailed ({why}). Nothing was compared, so this run cannot pass; add --allow-empty-selection if that "
+            f"is what you want.")
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    outcomes = config.stash.get(OUTCOMES, {})
+    skipped = Counter(e.get("reason") or "" for e in outcomes.values() if e["outcome"] == "skipped")
+    if skipped:
+        terminalreporter.write_sep("-", f"coreml-parity: {sum(skipped.values())} parity checks skipped, by reason")
+        for reason, n in skipped.most_common():
+            terminalreporter.write_line(f"{n:5d} x {reason}")
+    empty = config.stash.get(EMPTY_SELECTION, None)
+    if empty:
+        allowed = config.getoption("--allow-empty-selection")
+        terminalreporter.write_sep("=" if not allowed else "-", "coreml-parity: nothing was checked",
+                                   red=not allowed, yellow=allowed)
+        terminalreporter.write_line(empty)
     improvements = config.stash.get(IMPROVEMENTS, [])
     if improvements:
         terminalreporter.write_sep("-", f"better than the snapshot baselines ({len(improvements)}; "

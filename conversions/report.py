@@ -91,7 +91,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_path, atomic_write
-from .report_schema import worst_output
+from .report_schema import OUTCOMES, as_float, outcome_of, worst_output
 
 METADATA_SCHEMA_VERSION = 1
 
@@ -273,15 +273,71 @@ def _check_model(record: Any, index: int) -> str:
     return model
 
 
+def with_outcomes(records: list[dict], outcomes: dict) -> list[dict]:
+    """Records with pytest's final verdict of their test merged in (``outcomes``: node id -> {"meta", "outcome",
+    "reason"?, "failure"?}, from the plugin's report hooks): ``outcome`` set, ``match`` true only for a passed test
+    (a test that wrote a matching record and then failed its snapshot gate is a failure, with the gate's message),
+    and a record made from the test's parametrization for every check that wrote none (skipped, xfailed, failed
+    before recording)."""
+    merged, seen = [], set()
+    for record in records:
+        entry = outcomes.get(record.get("test_id"))
+        seen.add(record.get("test_id"))
+        if entry is None:
+            merged.append({**record, "outcome": outcome_of(record)})
+            continue
+        outcome = entry["outcome"] or outcome_of(record)
+        updated = {**record, "outcome": outcome, "match": outcome == "passed"}
+        if outcome == "failed" and not record.get("failure"):
+            updated["failure"] = entry.get("failure") or "failed (no message)"
+        if entry.get("reason"):
+            updated["reason"] = entry["reason"]
+        merged.append(updated)
+    for node_id, entry in outcomes.items():
+        if node_id in seen or entry.get("outcome") is None:
+            continue
+        merged.append({"test_id": node_id, **entry["meta"], "outcome": entry["outcome"],
+                       "match": entry["outcome"] == "passed", "failure": entry.get("failure"),
+                       "reason": entry.get("reason")})
+    merged.sort(key=_sort_key)
+    return merged
+
+
 def _summary(records: list[dict]) -> dict:
-    matched = sum(1 for r in records if r.get("match") is True)
+    counts = {outcome: 0 for outcome in OUTCOMES}
+    for r in records:
+        counts[outcome_of(r)] += 1
+    verdict = "failed" if counts["failed"] else ("passed" if counts["passed"] or counts["xpassed"] else "nothing ran")
     return {
         "results": len(records),
-        "matched": matched,
-        "failed": len(records) - matched,
+        "matched": counts["passed"],
+        **counts,
+        "verdict": verdict,
         "components": sorted({str(r.get("component")) for r in records}),
         "variants": sorted({str(r.get("variant")) for r in records}),
     }
+
+
+def _previous_results(path: Path, info: dict, key: str) -> list[dict]:
+    """The results of an earlier report file of the same commit (a ``-k`` run merges into it); [] when the file
+    is missing, unreadable, of another commit, or written outside git (nothing says it describes this code)."""
+    commit = info.get("git_commit")
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not commit or not isinstance(previous, dict) or previous.get("git_commit") != commit:
+        return []
+    run = {k: previous.get(k) for k in ("generated_at", "git_commit", "git_dirty")}
+    return [{**r, "run": r.get("run") or run} for r in previous.get(key) or [] if isinstance(r, dict)]
+
+
+def _merge(current: list[dict], previous: list[dict], info: dict) -> tuple[list[dict], int]:
+    """This run's records (marked with this run) plus the earlier ones of other tests; and how many were kept."""
+    run = {k: info.get(k) for k in ("generated_at", "git_commit", "git_dirty")}
+    ids = {r.get("test_id") for r in current}
+    kept = [r for r in previous if r.get("test_id") not in ids]
+    return [{**r, "run": run} for r in current] + kept, len(kept)
 
 
 def build_reports(records: list[dict], report_dir: Path, info: dict | None = None,
@@ -295,7 +351,7 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
     quantized: dict[str, list[dict]] = {}
     for i, record in enumerate(records):
         target = quantized if record.get("test") == QUANTIZATION_TEST else by_model
-        target.setdefault(_check_model(record, i), []).append(record)
+        target.setdefault(_check_model(record, i), []).append({**record, "outcome": outcome_of(record)})
     if info is None:
         info = run_info(tools=tools)
     report_dir = Path(report_dir)
@@ -303,19 +359,24 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
     for model in sorted(quantized):
         written.extend(_write_quantization_summary(model, quantized[model], report_dir / model, info))
     for model in sorted(by_model):
-        model_records = sorted(by_model[model], key=_sort_key)
         model_dir = report_dir / model
         model_dir.mkdir(parents=True, exist_ok=True)
+        path = model_dir / "metadata.json"
+        current = sorted(by_model[model], key=_sort_key)
+        plots = _plot_series(model, current, model_dir)  # sets each plotted record's "plots"
+        merged, kept = _merge(current, _previous_results(path, info, "results"), info)
+        merged.sort(key=_sort_key)
+        plots.append(_plot_error_summary(model, merged, model_dir))
         metadata = {
             **_header(METADATA_SCHEMA_VERSION, model, info),
-            "summary": _summary(model_records),
-            "results": [{k: v for k, v in r.items() if k != "series"} for r in model_records],
+            "summary": {**_summary(merged), "this_run": _summary(current), "partial": kept > 0,
+                        "from_earlier_runs": kept},
+            "results": [{k: v for k, v in r.items() if k != "series"} for r in merged],
         }
-        path = model_dir / "metadata.json"
         atomic_write(path, (_dumps(metadata, f"metadata of {model!r}", indent=2) + "\n").encode("utf-8"))
         written.append(path)
-        written.extend(_plot_series(model, model_records, model_dir))
-        written.append(_plot_error_summary(model, model_records, model_dir))
+        written.extend(plots)
+        _remove_stale_plots(model_dir, merged)
     return written
 
 
@@ -334,50 +395,90 @@ def _header(schema_version: int, model: str, info: dict) -> dict:
 
 def _write_quantization_summary(model: str, records: list[dict], model_dir: Path, info: dict) -> list[Path]:
     """``quantization_summary.json`` (one entry per strategy x component x backend variant, sorted) and the
-    quality-vs-size plot. docs/report.md documents the schema."""
+    quality-vs-size plot; a partial run merges into the same commit's earlier summary. docs/report.md documents the
+    schema."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    records = sorted(records, key=lambda r: (str(r.get("component")), str(r.get("variant")), str(r.get("strategy"))))
-    summary = {**_header(QUANTIZATION_SCHEMA_VERSION, model, info), "variants": records}
     path = model_dir / "quantization_summary.json"
+    records, kept = _merge(records, _previous_results(path, info, "variants"), info)
+    records = sorted(records, key=lambda r: (str(r.get("component")), str(r.get("variant")), str(r.get("strategy"))))
+    summary = {**_header(QUANTIZATION_SCHEMA_VERSION, model, info), "summary": {**_summary(records),
+               "partial": kept > 0, "from_earlier_runs": kept}, "variants": records}
     atomic_write(path, (_dumps(summary, f"quantization summary of {model!r}", indent=2) + "\n").encode("utf-8"))
     return [path, _plot_quality_vs_size(model, records, model_dir)]
 
 
 def _plot_quality_vs_size(model: str, records: list[dict], model_dir: Path) -> Path:
-    """One panel per component: quality vs torch of the component's first output against weight bytes, one
-    point per strategy (the fp16 baseline as a star)."""
+    """One panel per component, all on one shared log y-scale: what each strategy costs in quality — 1 − quality of
+    the primary output against the uncompressed fp16 package (lower is better; an output worse than zero quality
+    sits above 1) — against its weight KiB (the fp16 package's size as a dotted line). One marker and color per
+    strategy, named in one legend (no text over the points); a strategy that failed its gate is circled red;
+    strategies declared inapplicable or skipped are listed under the panel; the mixed strategy's quality target is
+    a dashed line."""
+    from matplotlib.lines import Line2D
+
     components = sorted({str(r.get("component")) for r in records})
+    strategies = sorted({str(r.get("strategy")) for r in records})
+    palette = [f"C{i}" for i in range(10)] + ["#7f7f7f", "#bcbd22", "#17becf", "#8c564b"]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p"]
+    style = {name: (palette[i % len(palette)], markers[i % len(markers)]) for i, name in enumerate(strategies)}
     cols = min(3, len(components))
     rows = -(-len(components) // cols)
-    fig = _new_figure(4.2 * cols, 3.6 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False)
+    fig = _new_figure(4.4 * cols + 2.4, 3.6 * rows + 0.6)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
     for ax in axes.flat[len(components):]:
         ax.set_visible(False)
+    errors, any_failed, target = [], False, None
     for ax, component in zip(axes.flat, components):
         mine = [r for r in records if str(r.get("component")) == component]
-        baseline_drawn = False
+        not_plotted = []
         for r in mine:
-            q, size = r.get("primary_quality_vs_torch"), r.get("weight_bytes")
-            if not isinstance(q, (int, float)) or not isinstance(size, (int, float)) or not math.isfinite(q):
+            primary = r.get("primary_output")
+            q = as_float(((r.get("outputs") or {}).get(primary) or {}).get("quality_vs_baseline"))
+            size = as_float(r.get("weight_bytes"))
+            if q is None or size is None or not math.isfinite(q) or outcome_of(r) in ("skipped", "xfailed"):
+                not_plotted.append(f"{r.get('strategy')} ({outcome_of(r)})")
                 continue
-            ax.scatter([size / 1024], [q], color="#2ca02c" if r.get("match", True) else "#d62728", s=18, zorder=3)
-            ax.annotate(str(r.get("strategy")), (size / 1024, q), fontsize=6, xytext=(3, 2),
-                        textcoords="offset points")
-            base_q, base_size = r.get("baseline_quality_vs_torch"), r.get("baseline_weight_bytes")
-            if not baseline_drawn and isinstance(base_q, (int, float)) and isinstance(base_size, (int, float)):
-                ax.scatter([base_size / 1024], [base_q], marker="*", s=80, color="#1f77b4", zorder=4,
-                           label="fp16 baseline")
-                baseline_drawn = True
+            error = max(1.0 - q, 1e-6)  # an exact copy would have no place on a log axis
+            errors.append(error)
+            color, marker = style[str(r.get("strategy"))]
+            ax.scatter([size / 1024], [error], color=color, marker=marker, s=36, zorder=3)
+            if outcome_of(r) == "failed":
+                any_failed = True
+                ax.scatter([size / 1024], [error], facecolors="none", edgecolors="#d62728", s=140, linewidths=1.8,
+                           zorder=4)
+            recipe = r.get("recipe") or {}
+            if as_float(recipe.get("target_quality")) is not None:
+                target = 1.0 - float(recipe["target_quality"])
+            base = as_float(r.get("baseline_weight_bytes"))
+            if base is not None:
+                ax.axvline(base / 1024, color="#1f77b4", linestyle=":", linewidth=1.0)
         primary = next((r["primary_output"] for r in mine if r.get("primary_output")), "")
         ax.set_title(f"{component} ({primary})" if primary else component, fontsize=9)
-        ax.set_xlabel("weights (KiB)", fontsize=8)
-        ax.set_ylabel("quality vs torch", fontsize=8)
+        ax.set_xlabel("weights (KiB); dotted: fp16 package", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if baseline_drawn:
-            ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"{model}: quality vs size per strategy (1.0 = identical to torch)", fontsize=10)
-    fig.tight_layout()
+        ax.grid(alpha=0.3, which="both")
+        if not_plotted:
+            import textwrap
+
+            note = textwrap.fill("not plotted: " + ", ".join(sorted(not_plotted)), width=70)
+            ax.text(0.0, -0.22, note, transform=ax.transAxes, fontsize=6, va="top")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("1 − quality vs fp16 package (log)", fontsize=8)
+    axes.flat[0].set_yscale("log")
+    if errors:
+        axes.flat[0].set_ylim(min(errors) / 3, max(max(errors) * 3, 1.5))
+    if target is not None:
+        for ax in axes.flat[:len(components)]:
+            ax.axhline(target, color="black", linestyle="--", linewidth=0.9)
+    handles = [Line2D([], [], color=style[n][0], marker=style[n][1], linestyle="none", label=n) for n in strategies]
+    if target is not None:
+        handles.append(Line2D([], [], color="black", linestyle="--", label=f"mixed target (quality {1 - target:g})"))
+    if any_failed:
+        handles.append(Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor="#d62728",
+                              linestyle="none", markersize=10, label="failed its gate"))
+    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+    fig.suptitle(f"{model}: what each compression strategy costs (lower is better)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / (4.4 * cols + 2.4), 1))
     path = model_dir / "quantization_quality_vs_size.png"
     _save_figure(fig, path)
     return path
@@ -385,6 +486,18 @@ def _plot_quality_vs_size(model: str, records: list[dict], model_dir: Path) -> P
 
 # ---------------------------------------------------------------------------------------------------------------
 # Plots
+
+
+FIXED_PLOTS = ("error_summary.png", "quantization_quality_vs_size.png")
+
+
+def _remove_stale_plots(model_dir: Path, results: list[dict]) -> None:
+    """Delete the per-result plots of a model directory that no result of the report refers to (left by an earlier
+    run of another commit, or of a component that no longer exists), so the folder never mixes runs."""
+    keep = set(FIXED_PLOTS) | {name for r in results for name in r.get("plots") or []}
+    for png in model_dir.glob("*.png"):
+        if png.name not in keep:
+            png.unlink(missing_ok=True)
 
 
 def _new_figure(width: float, height: float):
@@ -465,7 +578,7 @@ def _plot_series(model: str, records: list[dict], model_dir: Path) -> list[Path]
     paths = []
     for (output, component, variant), (record, (_, ref, cand, step_ms, ylabel, threshold)) in sorted(chosen.items()):
         t = np.arange(ref.size) * step_ms / 1000.0
-        fig = _new_figure(8.0, 4.8)
+        fig = _new_figure(8.0, 5.2)
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
         top.plot(t, ref, color="#1f77b4", linewidth=1.0, label="torch (reference)")
         top.plot(t, cand, color="#ff7f0e", linewidth=1.0, linestyle=(0, (4, 2)), label=f"converted ({variant})")
@@ -479,16 +592,27 @@ def _plot_series(model: str, records: list[dict], model_dir: Path) -> list[Path]
             hi = max(1.02, float(finite.max())) if finite.size else 1.02
             top.set_ylim(lo, hi)
         top.set_ylabel(ylabel)
-        top.legend(loc="upper right", fontsize=8)
-        bottom.plot(t, cand - ref, color="#d62728", linewidth=0.8)
+        # above the axes, never over the data
+        top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
+        bottom.plot(t, cand - ref, color="#d62728", linewidth=0.8, label="converted − torch")
         bottom.axhline(0.0, color="gray", linewidth=0.6)
+        atol = as_float(((record.get("bounds") or {}).get(output) or {}).get("atol"))
+        if atol is not None:
+            for sign in (1, -1):
+                bottom.axhline(sign * atol, color="black", linestyle="--", linewidth=0.8,
+                               label=f"bound ±{atol:g}" if sign > 0 else None)
+            worst = float(np.nanmax(np.abs(cand - ref))) if ref.size else 0.0
+            bottom.set_ylim(-1.15 * max(atol, worst), 1.15 * max(atol, worst))
+            bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
         bottom.set_ylabel("converted − torch")
         bottom.set_xlabel("time (s)")
-        match = "match" if record.get("match") is True else "MISMATCH"
+        verdict = outcome_of(record).upper() if outcome_of(record) != "passed" else "passed"
         fig.suptitle(f"{model} · {component} · {variant}: {ylabel} per call "
-                     f"({record.get('test')}, {ref.size} calls, {match})", fontsize=10)
+                     f"({record.get('test')}, {ref.size} calls, {verdict})", fontsize=10)
         fig.tight_layout()
-        paths.append(_save_figure(fig, model_dir / f"{_slug(output)}_{_slug(component)}_{_slug(variant)}.png"))
+        path = _save_figure(fig, model_dir / f"{_slug(output)}_{_slug(component)}_{_slug(variant)}.png")
+        record["plots"] = sorted({*record.get("plots", []), path.name})
+        paths.append(path)
     return paths
 
 
@@ -496,7 +620,8 @@ def _plot_error_summary(model: str, records: list[dict], model_dir: Path) -> Pat
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    chosen = [r for r in records if r.get("test") == "clip"] or records
+    ran = [r for r in records if outcome_of(r) in ("passed", "failed", "xpassed")]  # skipped checks have no figures
+    chosen = [r for r in ran if r.get("test") == "clip"] or ran
     rows = []  # (tick label, matched, max_abs, atol); values go into the tick label so no text overlaps a bar
     for r in chosen:
         label = f"{r.get('component')} / {r.get('variant')}"
@@ -504,11 +629,11 @@ def _plot_error_summary(model: str, records: list[dict], model_dir: Path) -> Pat
             label += f" [{r.get('test')}]"
         worst = worst_output(r)
         if worst is None:
-            rows.append((f"{label}\nno metrics", r.get("match") is True, None, None))
+            rows.append((f"{label}\nno metrics", outcome_of(r) == "passed", None, None))
             continue
         output, max_abs, atol = worst
         value = "missing" if max_abs is None else "0 (exact)" if max_abs == 0 else f"{max_abs:.2g}"
-        rows.append((f"{label}\n{output}: {value}", r.get("match") is True, max_abs, atol))
+        rows.append((f"{label}\n{output}: {value}", outcome_of(r) == "passed", max_abs, atol))
 
     positive = [v for row in rows for v in row[2:] if v is not None and math.isfinite(v) and v > 0]
     lo = 10 ** math.floor(math.log10(min(positive))) / 10 if positive else 1e-8
@@ -531,13 +656,18 @@ def _plot_error_summary(model: str, records: list[dict], model_dir: Path) -> Pat
             ax.plot([lo], [y], marker="o", markersize=6, color=color, clip_on=False)
         if atol is not None and atol > 0:
             ax.plot([atol], [y], marker="|", markersize=16, markeredgewidth=2.5, color="black")
+    if not rows:
+        ax.text(0.5, 0.5, "no check ran in this report (all skipped)", transform=ax.transAxes, ha="center",
+                fontsize=10, color=_MISMATCH_COLOR)
     ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=8)
-    ax.set_ylim(len(rows) - 0.5, -0.5)  # first record on top
+    ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)  # first record on top
     ax.set_xlabel("max |converted − torch| of the worst output (log scale)")
     ax.grid(axis="x", which="major", alpha=0.3)
-    which = "clip tests" if chosen is not records else "all tests (no clip test)"
-    ax.set_title(f"{model}: largest error per component / variant, {which}", fontsize=10)
-    ax.legend(handles=[Patch(color=_MATCH_COLOR, label="match"), Patch(color=_MISMATCH_COLOR, label="mismatch"),
+    which = "clip tests" if any(r.get("test") == "clip" for r in chosen) else "all tests (no clip test)"
+    counts = _summary(records)
+    tally = ", ".join(f"{counts[k]} {k}" for k in OUTCOMES if counts[k])
+    ax.set_title(f"{model}: largest error per component / variant, {which}\n({tally})", fontsize=10)
+    ax.legend(handles=[Patch(color=_MATCH_COLOR, label="passed"), Patch(color=_MISMATCH_COLOR, label="failed"),
                        Patch(facecolor="white", edgecolor="black", hatch="//", label="inf / nan"),
                        Line2D([], [], color="black", marker="|", linestyle="none", markersize=12,
                               markeredgewidth=2.5, label="atol bound")],

@@ -16,6 +16,18 @@ def as_float(value: Any) -> float | None:
     return float(value)
 
 
+OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed")
+
+
+def outcome_of(record: dict) -> str:
+    """A record's outcome: pytest's final verdict of its test (merged in by the plugin from pytest's report hooks),
+    else derived from its ``match`` (records written outside a pytest run)."""
+    outcome = record.get("outcome")
+    if outcome in OUTCOMES:
+        return outcome
+    return "passed" if record.get("match") is True else "failed"
+
+
 def worst_output(record: dict) -> tuple[str, float | None, float | None] | None:
     """``(output, max_abs, atol)`` of the output furthest from its absolute bound: among outputs with an ``atol``,
     one that failed its allclose check first, then the largest ``max_abs / atol`` (outputs differ in scale, so the

@@ -199,3 +199,26 @@ def load_script(name: str):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+# What a child Python/pytest process must not inherit from the pytest process (or xdist worker) that spawns it:
+# xdist's worker variables make a child pytest behave as a worker (pytest-benchmark, for one, then disables itself),
+# PYTEST_CURRENT_TEST and PYTEST_ADDOPTS belong to the parent run, and the parity plugin's per-session records
+# directory would let the child write its records into the parent's session.
+
+
+def clean_subprocess_env(extra: dict | None = None) -> dict:
+    """``os.environ`` for a child Python/pytest process spawned by a test: without ``PYTEST_XDIST_*``,
+    ``PYTEST_CURRENT_TEST``, ``PYTEST_ADDOPTS`` and ``COREML_PARITY_RECORDS_DIR``, then updated with ``extra``
+    (a value of ``None`` removes that variable). Serial or under ``pytest -n N``, the child gets the same view."""
+    import os
+
+    from .bench_gate import SCRUBBED_ENV, SCRUBBED_ENV_PREFIXES
+
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV and not k.startswith(SCRUBBED_ENV_PREFIXES)}
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env

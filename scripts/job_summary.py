@@ -29,7 +29,7 @@ from typing import Any
 
 # The rule for the worst output is the report's own (a stdlib-only module of the project): both name the same one.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conversions.report_schema import as_float, worst_output  # noqa: E402
+from conversions.report_schema import OUTCOMES, as_float, outcome_of, worst_output  # noqa: E402
 
 METADATA = "metadata.json"
 QUANTIZATION = "quantization_summary.json"
@@ -52,7 +52,8 @@ def render(report_dir: Path) -> str:
     """The whole summary as markdown, one section per model directory of ``report_dir``."""
     if not report_dir.is_dir():
         return f"No parity report: `{report_dir}` does not exist (the test run wrote no report).\n"
-    model_dirs = sorted(p for p in report_dir.iterdir() if p.is_dir() and not p.name.startswith("."))  # .records: a run in progress
+    # hidden folders (.records: a run in progress) are not models
+    model_dirs = sorted(p for p in report_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not model_dirs:
         return f"No parity report: `{report_dir}` has no model directories.\n"
     return "\n".join(_render_model(d) for d in model_dirs)
@@ -89,17 +90,40 @@ def _load(path: Path) -> tuple[dict | None, str]:
 # parity results (metadata.json)
 
 
+def _tally(records: list[dict]) -> str:
+    counts = {o: sum(1 for r in records if outcome_of(r) == o) for o in OUTCOMES}
+    return ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no results"
+
+
+def _reasons(records: list[dict], outcome: str) -> list[str]:
+    """One line per reason of the records with ``outcome`` (e.g. 412 x Core ML runs on macOS only)."""
+    reasons: dict[str, int] = {}
+    for r in records:
+        if outcome_of(r) == outcome:
+            reason = str(r.get("reason") or r.get("failure") or "no reason recorded")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return [f"- {n} x {_cell(reason)}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+
+
 def _parity_section(metadata: dict) -> list[str]:
     results = [r for r in metadata.get("results") or [] if isinstance(r, dict)]
-    matched = sum(1 for r in results if r.get("match") is True)
-    verdict = "all matched" if results and matched == len(results) else f"{len(results) - matched} FAILED"
-    lines = [f"**{matched}/{len(results)} parity results matched** ({verdict}){_provenance(metadata)}", ""]
+    ran = [r for r in results if outcome_of(r) in ("passed", "failed", "xpassed")]
+    failed = sum(1 for r in results if outcome_of(r) == "failed")
+    verdict = f"{failed} FAILED" if failed else ("all passed" if ran else "NOTHING RAN")
+    partial = " — partial run merged into the commit's report" if (metadata.get("summary") or {}).get("partial") else ""
+    lines = [f"**Parity: {_tally(results)}** ({verdict}){_provenance(metadata)}{partial}", ""]
     if not results:
         return lines + ["No parity results in `metadata.json`.", ""]
+    skipped = _reasons(results, "skipped")
+    if skipped:
+        lines += ["Skipped:", "", *skipped, ""]
+    if not ran:
+        return lines
     lines += [
-        "| component | variant | test | match | worst output | max abs error | atol | error / atol |",
+        "| component | variant | test | outcome | worst output | max abs error | atol | error / atol |",
         "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
+    results = ran
     unbounded = False
     for r in results:
         worst = worst_output(r)
@@ -121,18 +145,22 @@ def _parity_section(metadata: dict) -> list[str]:
 
 def _quantization_section(summary: dict) -> list[str]:
     variants = [v for v in summary.get("variants") or [] if isinstance(v, dict)]
-    matched = sum(1 for v in variants if v.get("match") is True)
-    lines = [f"**Quantization sweep: {matched}/{len(variants)} variants matched**", ""]
+    failed = sum(1 for v in variants if outcome_of(v) == "failed")
+    lines = [f"**Quantization sweep: {_tally(variants)}**" + (f" ({failed} FAILED)" if failed else ""), ""]
     if not variants:
         return lines + ["No variants in `quantization_summary.json`.", ""]
+    ran = [v for v in variants if outcome_of(v) in ("passed", "failed", "xpassed")]
     # Collapsed: the sweep is components x strategies rows, and the parity table is what gates.
     lines += [
         "<details><summary>Quantization variants</summary>",
         "",
-        "| component | strategy | variant | weight KiB | compression | quality vs torch | task metrics | match |",
+        "Gate: no figure worse than its pinned baseline beyond its slack (the quality itself is a figure, not a "
+        "pass mark: a strategy that wrecks a model passes the gate if it wrecked it before too).",
+        "",
+        "| component | strategy | variant | weight KiB | compression | quality vs torch | task metrics | gate |",
         "| --- | --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
-    for v in variants:
+    for v in ran:
         weight = as_float(v.get("weight_bytes"))
         lines.append(_row(v.get("component"), v.get("strategy"), v.get("variant"),
                           _number(None if weight is None else weight / 1024, "{:.1f}"),
@@ -140,8 +168,16 @@ def _quantization_section(summary: dict) -> list[str]:
                           _number(as_float(v.get("primary_quality_vs_torch")), "{:.4f}"),
                           _task_metrics(v.get("task_metrics")), _verdict(v)))
     lines += ["", "</details>", ""]
-    # "Not matched" rather than "failures": a strategy that cannot apply to a component is recorded this way too.
-    lines += _failures("Not matched", variants, lambda v: f"{v.get('component')} / {v.get('strategy')} / {v.get('variant')}")
+    declared = [v for v in variants if outcome_of(v) == "xfailed"]
+    if declared:
+        lines += ["Declared inapplicable (strict xfail):", ""]
+        lines += [f"- {_cell(str(v.get('component')))} / {_cell(str(v.get('strategy')))}: "
+                  f"{_cell(str(v.get('reason') or v.get('failure') or ''))}" for v in declared]
+        lines.append("")
+    skipped = _reasons(variants, "skipped")
+    if skipped:
+        lines += ["Skipped:", "", *skipped, ""]
+    lines += _failures("Failures", variants, lambda v: f"{v.get('component')} / {v.get('strategy')} / {v.get('variant')}")
     return lines
 
 
@@ -173,11 +209,12 @@ def _provenance(data: dict) -> str:
 
 
 def _verdict(record: dict) -> str:
-    return "✅" if record.get("match") is True else "❌"
+    return {"passed": "✅", "failed": "❌", "xpassed": "⚠️ xpassed", "xfailed": "➖ xfailed",
+            "skipped": "⏭ skipped"}[outcome_of(record)]
 
 
 def _failures(heading: str, records: list[dict], label) -> list[str]:
-    failed = [r for r in records if r.get("match") is not True]
+    failed = [r for r in records if outcome_of(r) == "failed"]
     if not failed:
         return []
     lines = [f"{heading}:", ""]

@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conversions.files import atomic_write  # noqa: E402
-from conversions.report_schema import as_float  # noqa: E402
+from conversions.report_schema import OUTCOMES, as_float, outcome_of  # noqa: E402
 
 METADATA = "metadata.json"
 QUANTIZATION = "quantization_summary.json"
@@ -154,7 +154,26 @@ def row(*cells: str) -> str:
 
 
 def verdict(record: dict) -> str:
-    return "yes" if record.get("match") is True else "**no**"
+    """pytest's outcome of the check (a record written outside pytest: its match)."""
+    outcome = outcome_of(record)
+    return "passed" if outcome == "passed" else f"**{outcome}**"
+
+
+RAN = ("passed", "failed", "xpassed")
+
+
+def tally(records: list[dict]) -> str:
+    counts = {o: sum(1 for r in records if outcome_of(r) == o) for o in OUTCOMES}
+    return ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no results"
+
+
+def skipped_lines(records: list[dict]) -> list[str]:
+    reasons: dict[str, int] = {}
+    for r in records:
+        if outcome_of(r) == "skipped":
+            reason = " ".join(str(r.get("reason") or "no reason recorded").split())
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return [f"Skipped here: {n} x {cell(reason)}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
 
 
 def provenance(data: dict, source: str) -> str:
@@ -218,18 +237,21 @@ def outputs_cell(record: dict) -> str:
 
 
 def parity_table(metadata: dict, source: str = f"<family>/{METADATA}") -> str:
-    results = [r for r in metadata.get("results") or [] if isinstance(r, dict)]
+    everything = [r for r in metadata.get("results") or [] if isinstance(r, dict)]
+    results = [r for r in everything if outcome_of(r) in RAN]
     checks = sorted((r for r in results if r.get("test") in TEST_ORDER), key=_parity_sort_key)
     pipelines = [r for r in results if r.get("test") == "pipeline"]
     others = [r for r in results if r not in checks and r not in pipelines]
-    matched = sum(1 for r in results if r.get("match") is True)
     lines = [provenance(metadata, source), "",
-             f"{matched} of {len(results)} results matched. Per output: max abs error / `atol` (+ `rtol`·\\|ref\\| "
+             f"Results: {tally(everything)}. Per output: max abs error / `atol` (+ `rtol`·\\|ref\\| "
              "where declared), PSNR / floor, over the streamed clip (`clip`) or the generated cases together "
              "(`random`).", ""]
+    skipped = skipped_lines(everything)
+    if skipped:
+        lines += [*skipped, ""]
     if checks:
         lines += [row("component", "variant", "test", "calls", "outputs: max abs / atol, PSNR dB / floor",
-                      "task metrics (minimum)", "package KiB", "match"),
+                      "task metrics (minimum)", "package KiB", "outcome"),
                   row("---", "---", "---", "---:", "---", "---", "---:", "---")]
         for r in checks:
             lines.append(row(cell(r.get("component")), cell(r.get("variant")), cell(r.get("test")),
@@ -238,14 +260,14 @@ def parity_table(metadata: dict, source: str = f"<family>/{METADATA}") -> str:
                              kib(r.get("package_size_bytes")), verdict(r)))
         lines.append("")
     if pipelines:
-        lines += [row("pipeline check", "variant", "result", "match"), row("---", "---", "---", "---")]
+        lines += [row("pipeline check", "variant", "result", "outcome"), row("---", "---", "---", "---")]
         for r in sorted(pipelines, key=lambda r: (str(r.get("component")), str(r.get("variant")))):
             lines.append(row(cell(r.get("component")), cell(r.get("variant")),
                              cell(r.get("summary") or r.get("failure")), verdict(r)))
         lines.append("")
     for r in others:
         lines.append(f"- {cell(r.get('test_id') or r.get('component'))}: test kind {cell(r.get('test'))}, "
-                     f"match {verdict(r)}")
+                     f"outcome {verdict(r)}")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -266,14 +288,15 @@ def strategy_cell(record: dict) -> str:
 
 
 def _reason(record: dict) -> str:
-    text = " ".join(str(record.get("failure") or "no failure message recorded").split())
+    text = " ".join(str(record.get("reason") or record.get("failure") or "no failure message recorded").split())
     if len(text) > MAX_REASON_CHARS:
         text = text[:MAX_REASON_CHARS - 1] + "…"
     return cell(text)
 
 
 def quantization_table(summary: dict, source: str = f"<family>/{QUANTIZATION}") -> str:
-    variants = [v for v in summary.get("variants") or [] if isinstance(v, dict)]
+    everything = [v for v in summary.get("variants") or [] if isinstance(v, dict)]
+    variants = [v for v in everything if outcome_of(v) != "skipped"]
     applied = [v for v in variants if v.get("weight_bytes") is not None]
     not_applied = [v for v in variants if v.get("weight_bytes") is None]
     lines = [provenance(summary, source), "",
@@ -281,7 +304,7 @@ def quantization_table(summary: dict, source: str = f"<family>/{QUANTIZATION}") 
              "identical), against the uncompressed fp16 package on the same backend and against torch; task "
              "metrics against torch.", ""]
     lines += [row("component", "variant", "strategy", "weight KiB", "ratio", "quality vs fp16 / vs torch",
-                  "PSNR vs torch dB", "task metrics", "match"),
+                  "PSNR vs torch dB", "task metrics", "gate"),
               row("---", "---", "---", "---:", "---:", "---", "---:", "---", "---")]
     order = sorted({(str(v.get("component")), str(v.get("variant"))) for v in variants})
     for component, variant in order:
@@ -306,8 +329,11 @@ def quantization_table(summary: dict, source: str = f"<family>/{QUANTIZATION}") 
     if not_applied:
         lines += ["Not applied (a declared `inapplicable` strategy is a strict xfail; anything else failed):", ""]
         for v in sorted(not_applied, key=lambda v: (str(v.get("component")), str(v.get("strategy")))):
-            lines.append(f"- {cell(v.get('component'))} / {cell(v.get('strategy'))} / {cell(v.get('variant'))}: "
-                         f"{_reason(v)}")
+            lines.append(f"- {cell(v.get('component'))} / {cell(v.get('strategy'))} / {cell(v.get('variant'))} "
+                         f"({outcome_of(v)}): {_reason(v)}")
+    skipped = skipped_lines(everything)
+    if skipped:
+        lines += ["", *skipped]
     return "\n".join(lines).rstrip() + "\n"
 
 

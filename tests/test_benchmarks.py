@@ -17,7 +17,6 @@ against it (passing, and failing on an injected slowdown), and the default of ti
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -213,10 +212,12 @@ def scratch(tmp_path_factory):
 
 def _run_scratch(root: Path, *args: str, slowdown: float = 1.0) -> tuple[subprocess.CompletedProcess, int]:
     """pytest in the scratch project; returns the process and how many times the benchmarked function ran."""
+    from conversions.testing import clean_subprocess_env
+
     calls_file = root / f"calls-{time.monotonic_ns()}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_CALLS_FILE": str(calls_file),
-           "BENCH_SLOWDOWN": str(slowdown)}
-    env.pop("PYTEST_ADDOPTS", None)
+    # Clean: under pytest-xdist an inherited PYTEST_XDIST_WORKER makes the child's pytest-benchmark disable itself.
+    env = clean_subprocess_env({"PYTHONPATH": str(REPO), "BENCH_CALLS_FILE": str(calls_file),
+                                "BENCH_SLOWDOWN": str(slowdown)})
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
                            "-p", "no:hypothesispytest", "-p", "no:syrupy", "test_tiny.py",
                            "--benchmark-min-rounds=5", "--benchmark-max-time=0.05", "--benchmark-warmup=off",

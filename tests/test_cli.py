@@ -184,8 +184,10 @@ def test_inspect_inconsistent_package_fails(packages, tmp_path, capsys):
 
 def test_inspect_inconsistent_package_exit_status(packages, tmp_path):
     """The real command line: a non-zero exit status and the error on stderr, no traceback."""
+    from conversions.testing import clean_subprocess_env
+
     broken = _broken_copy(packages[0], tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = clean_subprocess_env({"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     result = subprocess.run([sys.executable, "-m", "conversions", "inspect", str(broken)], capture_output=True,
                             text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 2, result.stderr

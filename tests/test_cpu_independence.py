@@ -11,7 +11,6 @@ exports are shared with this session's cache (the packages do not depend on the 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +26,10 @@ SLICE = ("(silero-vad and (unified-256ms or decoder) and test_parity[) "
 
 def _run_slice(pytestconfig, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
     from conversions.pytest_plugin import export_dir
+    from conversions.testing import clean_subprocess_env
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COREML_PARITY_"))}
-    env.update(env_extra, CI="true", TQDM_DISABLE="1")
+    # Only the built-in families (COREML_PARITY_FAMILY_MODULES dropped): the slice checks their pinned baselines.
+    env = clean_subprocess_env({**env_extra, "CI": "true", "TQDM_DISABLE": "1", "COREML_PARITY_FAMILY_MODULES": None})
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
                            "--backend", "mil", "--export-dir", str(export_dir(pytestconfig)), "--report-dir",
                            str(Path(env["SLICE_REPORT"])), *args, "-k", SLICE, "tests/test_parity.py",

@@ -53,9 +53,9 @@ def converted():
 
 
 def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
+    from conversions.testing import clean_subprocess_env
+
+    return clean_subprocess_env({"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
 
 
 def tmp_dirs(directory: Path) -> list[Path]:

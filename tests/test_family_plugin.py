@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 TOY_FAMILY = '''
 """A toy streaming model: y, h' = tanh(W x + U h + b) -> (head(y), h'). Declared like any family."""
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -35,7 +37,7 @@ from conversions.export import convert_traced
 from conversions.registry import (Bound, Component, ModelFamily, PipelineCheck, PipelineResult, PlotSeries,
                                   TaskMetric)
 
-WIDTH, STATE = 128, 64
+WIDTH, STATE = 120, 64  # 120 input channels: int4 per block of 32 cannot apply (declared below)
 
 
 class Toy(nn.Module):
@@ -103,7 +105,7 @@ def echo(model, waveform, components):
     return PipelineResult(True, f"{count} decisions above 0.5", {"count": count})
 
 
-FP16 = {"p": Bound(0.01, 0.0, 40.0, "toy: fp16 weights and activations"),
+FP16 = {"p": Bound(float(os.environ.get("TOY_P_ATOL", "0.01")), 0.0, 40.0, "toy: fp16 weights and activations"),
         "h_out": Bound(0.02, 0.0, 40.0, "toy: fp16 weights and activations")}
 FP32 = {"p": Bound(1e-5, 1e-5, 90.0, "toy: summation order"), "h_out": Bound(1e-5, 1e-5, 90.0, "toy: summation order")}
 TASK = TaskMetric("toy-decisions", decisions, minimums={"fp16": {"decision_agreement": 0.9},
@@ -120,6 +122,7 @@ FAMILY = ModelFamily(
                           task=TASK, plot=plot),),
     pipelines=(PipelineCheck("echo", ("toy",), echo),),
     mixed_target_quality=0.9,
+    inapplicable={("toy", "int4-per-block"): "the first layer has 120 input channels, not divisible by 32"},
 )
 '''
 
@@ -127,12 +130,12 @@ GENERATED_MODULES = ("test_parity.py", "test_quantization.py", "test_benchmarks.
 
 
 def _env(extra_modules: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COREML_PARITY_"))}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env["TQDM_DISABLE"] = "1"
-    if extra_modules:
-        env["COREML_PARITY_FAMILY_MODULES"] = extra_modules
-    return env
+    from conversions.testing import clean_subprocess_env
+
+    # Only the toy family's module (if any) is added: an inherited COREML_PARITY_FAMILY_MODULES is dropped (None).
+    return clean_subprocess_env({
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+        "TQDM_DISABLE": "1", "COREML_PARITY_FAMILY_MODULES": extra_modules or None})
 
 
 def _pytest(cwd: Path, *args: str, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -247,3 +250,74 @@ def test_bad_option_values_are_usage_errors_at_startup(tmp_path, args, message):
     assert done.returncode == 4, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
     assert re.search(message, done.stderr), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_every_artifact_agrees_with_pytest_after_a_red_run(toy_project):
+    """A run with a failing bound, a failing snapshot, a declared xfail and a skip: pytest exits 1, and the report's
+    metadata.json, quantization summary and the CI job summary say exactly that (no "all matched")."""
+    import json
+
+    env = {**_env("toy_family"), "PYTHONPATH": os.pathsep.join((str(toy_project), _env()["PYTHONPATH"]))}
+    report = toy_project / "red-report"
+    baselines = toy_project / "tests" / "__snapshots__" / "mil" / "toy.json"
+    if not baselines.is_file():  # pinned by the test above; pin them here when run alone
+        pinned = _pytest(toy_project, "-k", "toy", "--backend", "mil", "--export-dir", str(toy_project / "exports"),
+                         "--report-dir", str(report), "-q", "tests", "--snapshot-update", env=env)
+        assert pinned.returncode == 0, pinned.stdout[-3000:]
+    entries = json.loads(baselines.read_text())
+    entries["test_parity[toy/toy/mil-fp32]"]["p.psnr_db"]["value"] = 1000.0  # a baseline no run can reach
+    baselines.write_text(json.dumps(entries, indent=2))
+    red = _pytest(toy_project, "--backend", "mil-fp16,mil-fp32,coreml-cpu_only-fp16", "-k",
+                  "toy and (test_parity[ or int4-per-block/mil)", "--export-dir", str(toy_project / "exports"),
+                  "--report-dir", str(report), "-q", "tests/test_parity.py", "tests/test_quantization.py",
+                  env={**env, "TOY_P_ATOL": "1e-9"})
+    assert red.returncode == 1, red.stdout[-3000:] + red.stderr[-2000:]
+
+    meta = json.loads((report / "toy" / "metadata.json").read_text())
+    assert meta["summary"]["this_run"]["verdict"] == "failed"
+    by_variant = {r["variant"]: r for r in meta["results"] if r["test"] == "clip"}
+    assert {v: (r["outcome"], r["match"]) for v, r in by_variant.items()} == {
+        "mil-fp16": ("failed", False), "mil-fp32": ("failed", False), "coreml-cpu_only-fp16": ("skipped", False)}
+    assert "EXCEEDED" in by_variant["mil-fp16"]["failure"]  # the bound
+    assert "p.psnr_db fell" in by_variant["mil-fp32"]["failure"]  # the snapshot gate, recorded from pytest's report
+    assert "macOS only" in by_variant["coreml-cpu_only-fp16"]["reason"]
+    quantization = json.loads((report / "toy" / "quantization_summary.json").read_text())
+    (int4,) = [v for v in quantization["variants"] if v["strategy"] == "int4-per-block"]
+    assert int4["outcome"] == "xfailed" and quantization["summary"]["failed"] == 0
+
+    summary = subprocess.run([sys.executable, str(REPO / "scripts" / "job_summary.py"), str(report)],
+                             capture_output=True, text=True, timeout=60)
+    assert "(2 FAILED)" in summary.stdout and "all passed" not in summary.stdout, summary.stdout
+    assert "1 x Apple's Core ML runtime runs on macOS only" in summary.stdout
+    assert "1 xfailed" in summary.stdout
+    assert (report / "toy" / "error_summary.png").is_file()
+
+
+def test_a_selection_that_checks_nothing_fails_with_one_line(tmp_path):
+    """--backend coreml off macOS selects only Core ML checks, which all skip: the run says so and exits non-zero,
+    unless --allow-empty-selection."""
+    if sys.platform == "darwin":
+        pytest.skip("on macOS the Core ML checks run")
+    common = ("-q", "--backend", "coreml", "-k", "silero and stft and test_parity[", "--report-dir", str(tmp_path),
+              "tests/test_parity.py")
+    done = _pytest(REPO, *common, env=_env())
+    assert done.returncode == 5, done.stdout[-3000:]
+    assert "no parity check ran: --backend coreml selected 4 checks" in done.stdout
+    assert "4 x Apple's Core ML runtime runs on macOS only" in done.stdout
+    allowed = _pytest(REPO, *common, "--allow-empty-selection", env=_env())
+    assert allowed.returncode == 0, allowed.stdout[-3000:]
+
+
+def test_a_family_whose_extra_is_missing_says_so_and_does_not_look_green(toy_project):
+    """A family whose optional extra is not installed: its checks skip naming what to install, the reason is one
+    grouped line in the summary, and a selection of only that family exits non-zero."""
+    source = textwrap.dedent(TOY_FAMILY).replace('name="toy"', 'name="toy-missing", requires=("no_such_extra_module",), '
+                                                               'install_hint="pip install toy-extra"')
+    (toy_project / "toy_missing.py").write_text(source)
+    env = {**_env("toy_missing"), "PYTHONPATH": os.pathsep.join((str(toy_project), _env()["PYTHONPATH"]))}
+    done = _pytest(toy_project, "-q", "--backend", "mil", "-k", "toy-missing and test_parity[",
+                   "--export-dir", str(toy_project / "exports"), "--report-dir", str(toy_project / "missing-report"),
+                   "tests/test_parity.py", env=env)
+    assert done.returncode == 5, done.stdout[-3000:]
+    assert "2 x toy-missing: no_such_extra_module not installed (pip install toy-extra)" in done.stdout
+    assert "no parity check ran" in done.stdout

@@ -207,8 +207,10 @@ def test_model_source_options_fail_early(args, message, tmp_path):
     import subprocess
     import sys
 
+    from conversions.testing import clean_subprocess_env
+
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                            "tests/test_parity.py", *args], cwd=family.MODEL_CACHE.parents[1], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=clean_subprocess_env())
     assert done.returncode == 4, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
     assert re.search(message, done.stderr), done.stderr[-2000:]

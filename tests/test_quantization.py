@@ -148,12 +148,14 @@ def test_baseline_gate_fails_a_degraded_variant(tmp_path):
     import subprocess
     import sys
 
+    from conversions.testing import clean_subprocess_env
+
     tests = tmp_path / "tests"
     tests.mkdir()
     (tests / "test_gate.py").write_text(GATE_PROJECT_TEST)
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "TQDM_DISABLE": "1"}
-    env.pop("COREML_PARITY_RECORDS_DIR", None)
+    env = clean_subprocess_env({"PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+                                "TQDM_DISABLE": "1"})
 
     def run(bits: int, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",

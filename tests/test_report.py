@@ -234,14 +234,19 @@ def test_build_reports_metadata_and_plots(tmp_path):
         assert meta[key] == INFO[key]
 
     mine = [r for r in records if r["model"] == "silero-vad"]
-    assert meta["summary"] == {
+    summary = meta["summary"]
+    assert {k: summary[k] for k in ("results", "matched", "passed", "failed", "skipped", "xfailed", "components",
+                                    "variants", "partial", "verdict")} == {
         "results": len(mine),
         "matched": len([r for r in mine if r["match"]]),
+        "passed": len([r for r in mine if r["match"]]),
         "failed": len([r for r in mine if not r["match"]]),
+        "skipped": 0, "xfailed": 0,
         "components": sorted(set(r["component"] for r in mine)),
         "variants": sorted(set(r["variant"] for r in mine)),
+        "partial": False, "verdict": "failed",
     }
-    assert meta["summary"]["results"] == 5 and meta["summary"]["failed"] == 1  # the records are what we think
+    assert summary["this_run"]["results"] == 5 and summary["results"] == 5 and summary["failed"] == 1
 
     assert all("series" not in r for r in meta["results"])
     assert [r["test_id"] for r in meta["results"]] == [
@@ -252,9 +257,13 @@ def test_build_reports_metadata_and_plots(tmp_path):
         "tests/test_parity.py::test_parity[silero-vad/unified-36ms/mil-fp32/clip]",
     ]
     by_id = {r["test_id"]: r for r in mine}
+    run = {k: INFO[k] for k in ("generated_at", "git_commit", "git_dirty")}
     for result in meta["results"]:  # everything else kept as given, full precision, inf included
         expected = {k: v for k, v in by_id[result["test_id"]].items() if k != "series"}
-        assert result == expected
+        extra = {"run": run, "outcome": "passed" if expected["match"] else "failed"}
+        if "series" in by_id[result["test_id"]]:
+            extra["plots"] = ["probability_unified-36ms_mil-fp16.png"]
+        assert result == {**expected, **extra}
     assert meta["results"][0]["metrics"]["probability"]["max_abs"] == math.inf
     assert "series" in records[0]  # the caller's records are not modified
 
@@ -270,7 +279,9 @@ def test_build_reports_metadata_and_plots(tmp_path):
         assert len(np.unique(pixels, axis=0)) > 20
 
 
-def test_build_reports_keeps_old_plots_and_replaces_metadata(tmp_path):
+def test_build_reports_removes_stale_plots_and_replaces_metadata(tmp_path):
+    """A report of another commit is replaced whole, and plots no result refers to are removed: the folder never
+    mixes runs."""
     vad = tmp_path / "silero-vad"
     vad.mkdir()
     (vad / "probability_gone_mil-fp16.png").write_bytes(PNG_SIGNATURE + b"old")
@@ -279,7 +290,7 @@ def test_build_reports_keeps_old_plots_and_replaces_metadata(tmp_path):
     records = [r for r in synthetic_records() if r["model"] == "silero-vad" and "series" not in r]
     paths = build_reports(records, tmp_path, info=INFO)
 
-    assert (vad / "probability_gone_mil-fp16.png").read_bytes() == PNG_SIGNATURE + b"old"
+    assert not (vad / "probability_gone_mil-fp16.png").exists()
     assert not any(p.name.startswith("probability_") for p in paths)  # no series, no probability plot
     meta = json.loads((vad / "metadata.json").read_text())
     assert "stale" not in meta and len(meta["results"]) == len(records) == 4
@@ -386,3 +397,69 @@ def test_quantization_records_go_to_their_own_summary(tmp_path):
     assert [r["test_id"] for r in metadata["results"]] == [parity["test_id"]]
     plot = model_dir / "quantization_quality_vs_size.png"
     assert plot in written and plot.read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pytest's verdict in the report; partial runs
+
+
+def test_pytest_outcomes_override_what_the_test_recorded(tmp_path):
+    """A test that recorded a match and then failed its snapshot gate is a failure with the gate's message; a skipped
+    or xfailed check that wrote no record still appears, with its reason; the summary counts outcomes."""
+    from conversions.report import with_outcomes
+
+    gate = make_record("encoder", "mil-fp16")
+    recorded_only = make_record("encoder", "mil-fp32")
+    meta = {"model": "silero-vad", "component": "stft", "test": "clip", "variant": "coreml-all-fp16",
+            "backend": "coreml", "compute_units": "ALL", "precision": "fp16"}
+    outcomes = {
+        gate["test_id"]: {"meta": {}, "outcome": "failed", "failure": "probability.psnr_db fell 74.0 -> 60.1"},
+        "tests/test_parity.py::test_parity[silero-vad/stft/coreml-all-fp16]":
+            {"meta": meta, "outcome": "skipped", "reason": "Apple's Core ML runtime runs on macOS only"},
+        "tests/test_quantization.py::test_quantization[silero-vad/stft/int4-per-block/mil-fp16]":
+            {"meta": {**meta, "test": "quantization", "strategy": "int4-per-block", "variant": "mil-fp16"},
+             "outcome": "xfailed", "reason": "int4-per-block cannot apply"},
+    }
+    merged = with_outcomes([gate, recorded_only], outcomes)
+    by_id = {r["test_id"]: r for r in merged}
+    assert by_id[gate["test_id"]]["outcome"] == "failed" and by_id[gate["test_id"]]["match"] is False
+    assert "psnr_db fell" in by_id[gate["test_id"]]["failure"]
+    assert by_id[recorded_only["test_id"]]["outcome"] == "passed"  # not run through pytest: its own verdict
+    skipped = by_id["tests/test_parity.py::test_parity[silero-vad/stft/coreml-all-fp16]"]
+    assert (skipped["outcome"], skipped["match"], skipped["component"]) == ("skipped", False, "stft")
+
+    paths = build_reports(merged, tmp_path, info=INFO)
+    summary = json.loads((tmp_path / "silero-vad" / "metadata.json").read_text())["summary"]
+    assert (summary["passed"], summary["failed"], summary["skipped"], summary["verdict"]) == (1, 1, 1, "failed")
+    quantization = json.loads((tmp_path / "silero-vad" / "quantization_summary.json").read_text())
+    assert quantization["summary"]["xfailed"] == 1 and quantization["summary"]["failed"] == 0
+    assert tmp_path / "silero-vad" / "error_summary.png" in paths
+
+
+def test_a_partial_run_merges_into_the_same_commits_report_and_says_so(tmp_path):
+    first = [make_record("encoder", "mil-fp16"), make_record("unified-36ms", "mil-fp16", match=False)]
+    build_reports(first, tmp_path, info=INFO)
+    later = {**INFO, "generated_at": "2025-01-31T13:00:00+00:00"}
+    build_reports([make_record("unified-36ms", "mil-fp16")], tmp_path, info=later)  # a -k rerun, now passing
+    meta = json.loads((tmp_path / "silero-vad" / "metadata.json").read_text())
+    assert meta["summary"]["partial"] is True and meta["summary"]["from_earlier_runs"] == 1
+    assert meta["summary"]["this_run"]["results"] == 1 and meta["summary"]["results"] == 2
+    assert meta["summary"]["failed"] == 0 and meta["summary"]["verdict"] == "passed"
+    runs = {r["component"]: r["run"]["generated_at"] for r in meta["results"]}
+    assert runs == {"encoder": INFO["generated_at"], "unified-36ms": later["generated_at"]}
+
+    other_commit = {**INFO, "git_commit": "f" * 40}
+    build_reports([make_record("unified-36ms", "mil-fp16")], tmp_path, info=other_commit)
+    meta = json.loads((tmp_path / "silero-vad" / "metadata.json").read_text())
+    assert meta["summary"]["partial"] is False and [r["component"] for r in meta["results"]] == ["unified-36ms"]
+
+
+def test_error_summary_of_a_run_where_nothing_ran(tmp_path):
+    from conversions.report import with_outcomes
+
+    meta = {"model": "silero-vad", "component": "stft", "test": "clip", "variant": "coreml-all-fp16"}
+    merged = with_outcomes([], {"t::a": {"meta": meta, "outcome": "skipped", "reason": "macOS only"}})
+    build_reports(merged, tmp_path, info=INFO)
+    summary = json.loads((tmp_path / "silero-vad" / "metadata.json").read_text())["summary"]
+    assert summary["verdict"] == "nothing ran" and summary["skipped"] == 1
+    assert png_size(tmp_path / "silero-vad" / "error_summary.png")[0] == 800

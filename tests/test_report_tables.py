@@ -133,19 +133,19 @@ def test_parity_table_shows_each_output_against_its_bound(tmp_path):
     clip, random = rows
     outputs = clip["outputs: max abs / atol, PSNR dB / floor"].split("<br>")
     assert outputs == ["probability 2.9e-3 / 0.005, 72.1 dB / ≥ 62", "new_cell_state 0.083 / 0.17, 77.5 dB / ≥ 67"]
-    assert clip["calls"] == "326" and clip["package KiB"] == "622" and clip["match"] == "yes"
+    assert clip["calls"] == "326" and clip["package KiB"] == "622" and clip["outcome"] == "passed"
     assert clip["task metrics (minimum)"].split("<br>") == ["decision_agreement 0.9939 (≥ 0.99)",
                                                              "segment_f1 1 (≥ 0.9)", "reference_segments 3"]
     outputs = random["outputs: max abs / atol, PSNR dB / floor"].split("<br>")
     assert outputs == ["probability 4.1e-8 / 1e-5 + 1e-5·\\|ref\\|, ∞ dB / ≥ 100",
                        "new_cell_state 0.67 (PSNR only), 44.8 dB / ≥ 38"]
-    assert random["match"] == "**no**" and random["task metrics (minimum)"] == "—"
+    assert random["outcome"] == "**failed**" and random["task metrics (minimum)"] == "—"
     assert random["package KiB"] == "1253"
 
     pipeline = _table(text, "pipeline check")
     assert pipeline == [{"pipeline check": "transcript", "variant": "torch",
-                         "result": "25 tokens 'good morning' vs NeMo's 25", "match": "yes"}]
-    assert "2 of 3 results matched" in text
+                         "result": "25 tokens 'good morning' vs NeMo's 25", "outcome": "passed"}]
+    assert "Results: 2 passed, 1 failed." in text
 
 
 def test_quantization_table_shows_the_primary_output_and_the_fp16_baseline(tmp_path):
@@ -159,11 +159,11 @@ def test_quantization_table_shows_the_primary_output_and_the_fp16_baseline(tmp_p
     assert six["weight KiB"] == "310" and six["ratio"] == "1.95x"
     assert six["quality vs fp16 / vs torch"] == "0.9573 / 0.9574"  # the primary output's, not new_cell_state's
     assert six["PSNR vs torch dB"] == "29.4" and six["task metrics"] == "decision_agreement 0.9939"
-    assert six["match"] == "yes"
+    assert six["gate"] == "passed"
     mixed = rows["mixed (palettize-6bit; 3 of 5 layers kept fp16)"]
     assert mixed["weight KiB"] == "385" and mixed["quality vs fp16 / vs torch"] == "0.9862 / 0.9864"
     assert "int4-per-block" not in rows
-    assert "- unified / int4-per-block / mil-fp16: compression strategy 'int4-per-block' cannot be applied" in text
+    assert "- unified / int4-per-block / mil-fp16 (failed): compression strategy 'int4-per-block' cannot be applied" in text
 
 
 def test_every_block_starts_with_the_reports_commit_platform_and_tools(tmp_path):
@@ -223,7 +223,7 @@ def test_update_replaces_only_what_lies_between_the_markers(tmp_path):
     assert "an example inside a fence is not a block" in text and text.endswith("```\n\nOutro.\n")
     parity = text.split("<!-- report-tables:BEGIN fam parity -->\n")[1].split("<!-- report-tables:END -->")[0]
     assert _table(parity, "component")[0]["package KiB"] == "622"
-    assert parity.endswith("vs NeMo's 25 | yes |\n\n")  # a blank line closes the table before the END comment
+    assert parity.endswith("vs NeMo's 25 | passed |\n\n")  # a blank line closes the table before the END comment
     quantization = text.split("<!-- report-tables:BEGIN fam quantization -->\n")[1].split("<!-- report-tables:END")[0]
     assert {r["strategy"] for r in _table(quantization, "component")} >= {"palettize-6bit"}
     assert (docs / "other.md").read_text() == "no markers here\n"
@@ -294,3 +294,19 @@ def test_command_line_prints_or_updates_and_fails_with_one_line(tmp_path):
     assert "Traceback" not in failed.stderr
     missing = run(str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no report directory" in missing.stderr
+
+
+def test_skipped_checks_are_counted_not_tabled(tmp_path):
+    """pytest's outcomes in the report: skipped checks are one line per reason, outside the table; a declared
+    xfail is listed as such among the strategies that did not apply."""
+    report = _write_report(tmp_path)
+    path = report / "fam" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["results"].append({"test_id": "t::skip", "model": "fam", "component": "unified", "test": "clip",
+                                "variant": "coreml-all-fp16", "outcome": "skipped", "match": False,
+                                "reason": "Core ML runs on macOS only"})
+    path.write_text(json.dumps(metadata))
+    text = rt.render_block(report, "fam", "parity")
+    assert "Results: 2 passed, 1 failed, 1 skipped." in text
+    assert "Skipped here: 1 x Core ML runs on macOS only" in text
+    assert all(r["variant"] != "coreml-all-fp16" for r in _table(text, "component"))

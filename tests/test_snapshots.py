@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -166,10 +165,12 @@ class Project:
         (self.root / "values.json").write_text(json.dumps(values))
         junit = self.root / f"junit{self.runs}.xml"
         records = self.root / f"records{self.runs}"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PYTEST_", "COREML_PARITY_")) and k != "PYTHONPATH"}
-        env.update(PYTHONPATH=str(REPO), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", COREML_PARITY_RECORDS_DIR=str(records))
-        env["SKIP_CASES"] = skip
+        from conversions.testing import clean_subprocess_env
+
+        # The child's own records directory (not the parent session's) and only the plugins it names.
+        env = clean_subprocess_env({"PYTHONPATH": str(REPO), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+                                    "PYTEST_PLUGINS": None, "COREML_PARITY_FAMILY_MODULES": None,
+                                    "COREML_PARITY_RECORDS_DIR": str(records), "SKIP_CASES": skip})
         proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "syrupy", "-p", "xdist", "-p", "no:cacheprovider",
                                f"--junitxml={junit}", "-rA", *args],
                               cwd=self.root, env=env, capture_output=True, text=True, timeout=120)
