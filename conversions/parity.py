@@ -199,6 +199,16 @@ def failure_message(label: str, checks: Sequence[OutputCheck], task_failures: Se
     return "\n".join(lines)
 
 
+def _pinned_task(task: Mapping[str, float], task_metric) -> dict:
+    """The task figures a :class:`~conversions.registry.TaskMetric` pins, with its slack (rule 3)."""
+    from .snapshots import Metric
+
+    if task_metric is None:
+        return {}
+    return {f"task.{name}": Metric(value, "higher", slack=slack)
+            for name, (value, slack) in task_metric.pinned(task).items()}
+
+
 def pinned_parity_metrics(checks: Sequence[OutputCheck], task: Mapping[str, float], task_metric=None) -> dict:
     """The clip figures a parity test pins in its snapshot baseline (:mod:`conversions.snapshots`), per the rule
     above; ``task_metric`` (a :class:`~conversions.registry.TaskMetric`) says which task figures and their slack."""
@@ -215,10 +225,7 @@ def pinned_parity_metrics(checks: Sequence[OutputCheck], task: Mapping[str, floa
                                                  slack=MAX_ABS_SLACK_FRACTION * c.bound.atol)
         if np.isfinite(c.bound.psnr_min_db):
             pinned[f"{c.name}.psnr_db"] = Metric(pinned_psnr(c.metrics["psnr_db"]), "higher", slack=PSNR_SLACK_DB)
-    if task_metric is not None:
-        for name, (value, slack) in task_metric.pinned(task).items():
-            pinned[f"task.{name}"] = Metric(value, "higher", slack=slack)
-    return pinned
+    return {**pinned, **_pinned_task(task, task_metric)}
 
 
 def pinned_quantization_metrics(outputs: Mapping[str, Mapping[str, float]], weight_bytes: int,
@@ -233,7 +240,4 @@ def pinned_quantization_metrics(outputs: Mapping[str, Mapping[str, float]], weig
         pinned[f"{name}.quality_vs_baseline"] = Metric(figures["quality_vs_baseline"], "higher", slack=QUALITY_SLACK)
         pinned[f"{name}.psnr_vs_torch_db"] = Metric(pinned_psnr(figures["psnr_vs_torch_db"]), "higher",
                                                     slack=PSNR_SLACK_DB)
-    if task_metric is not None:
-        for name, (value, slack) in task_metric.pinned(task).items():
-            pinned[f"task.{name}"] = Metric(value, "higher", slack=slack)
-    return pinned
+    return {**pinned, **_pinned_task(task, task_metric)}

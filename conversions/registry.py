@@ -336,7 +336,7 @@ class ModelFamily:
 
     def with_options(self, values: Mapping[str, Any]) -> ModelFamily:
         """The family to check given the option values (dest -> value): itself when none was given, else what
-        ``configure`` returns (with ``source`` set to the given values)."""
+        ``configure`` returns (its ``source`` as configure set it, else the given values)."""
         given = {k: v for k, v in values.items() if v not in (None, "")}
         if not given:
             return self
@@ -344,7 +344,8 @@ class ModelFamily:
         if not isinstance(configured, ModelFamily):
             raise TypeError(f"model family {self.name!r}: configure returned {type(configured).__name__}, "
                             "expected a ModelFamily")
-        return replace(configured, source=given) if configured.source != given else configured
+        # configure may normalise the values (an absolute checkpoint path): keep its source when it set one
+        return configured if configured.source else replace(configured, source=given)
 
     def build(self) -> Any:
         """The reference model of this family's source."""

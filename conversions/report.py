@@ -100,7 +100,6 @@ METADATA_SCHEMA_VERSION = 1
 TOOLS = ("coremltools", "torch", "numpy", "pytest")
 
 SORT_KEYS = ("model", "component", "test", "variant", "test_id")
-PROBABILITY_THRESHOLD = 0.5
 PLOT_DPI = 100
 _MATCH_COLOR, _MISMATCH_COLOR = "#2ca02c", "#d62728"
 
@@ -548,10 +547,8 @@ def _series_traces(record: dict) -> list[tuple[str, Any, Any, float, str, float 
         if (isinstance(step_ms, bool) or not isinstance(step_ms, (int, float))
                 or not (math.isfinite(step_ms) and step_ms > 0)):
             raise ValueError(f"{name}: step_ms must be a positive number of milliseconds, got {step_ms!r}")
-        # Records written before plot hooks existed carried only Silero's probability: its label and threshold.
-        legacy = output == "probability" and "ylabel" not in series
-        ylabel = series.get("ylabel") or ("speech probability" if legacy else output)
-        threshold = series.get("threshold", PROBABILITY_THRESHOLD if legacy else None)
+        ylabel = series.get("ylabel") or output
+        threshold = series.get("threshold")
         traces.append((output, ref, cand, float(step_ms), ylabel, threshold))
     return traces
 

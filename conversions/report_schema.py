@@ -28,6 +28,34 @@ def outcome_of(record: dict) -> str:
     return "passed" if record.get("match") is True else "failed"
 
 
+RAN = ("passed", "failed", "xpassed")  # outcomes of checks that compared something
+
+
+def tally(records: list[dict]) -> str:
+    """The outcome counts of ``records`` in one phrase: ``3 passed, 1 failed, 412 skipped``."""
+    counts = {o: sum(1 for r in records if outcome_of(r) == o) for o in OUTCOMES}
+    return ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no results"
+
+
+def reason_counts(records: list[dict], outcome: str) -> list[tuple[str, int]]:
+    """(reason, count) of the records with ``outcome``, most frequent first (one line each in a summary)."""
+    reasons: dict[str, int] = {}
+    for r in records:
+        if outcome_of(r) == outcome:
+            reason = " ".join(str(r.get("reason") or r.get("failure") or "no reason recorded").split())
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return sorted(reasons.items(), key=lambda kv: -kv[1])
+
+
+def nonfinite_text(value: float) -> str | None:
+    """``NaN``, ``inf`` or ``-inf`` for a non-finite number (errors are written that way), else None."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return None
+
+
 def worst_output(record: dict) -> tuple[str, float | None, float | None] | None:
     """``(output, max_abs, atol)`` of the output furthest from its absolute bound: among outputs with an ``atol``,
     one that failed its allclose check first, then the largest ``max_abs / atol`` (outputs differ in scale, so the

@@ -22,14 +22,14 @@ report writes for non-finite errors (see ``conversions/report.py``).
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 # The rule for the worst output is the report's own (a stdlib-only module of the project): both name the same one.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conversions.report_schema import OUTCOMES, as_float, outcome_of, worst_output  # noqa: E402
+from conversions.report_schema import (RAN, as_float, nonfinite_text, outcome_of, reason_counts, tally,  # noqa: E402
+                                       worst_output)
 
 METADATA = "metadata.json"
 QUANTIZATION = "quantization_summary.json"
@@ -90,28 +90,18 @@ def _load(path: Path) -> tuple[dict | None, str]:
 # parity results (metadata.json)
 
 
-def _tally(records: list[dict]) -> str:
-    counts = {o: sum(1 for r in records if outcome_of(r) == o) for o in OUTCOMES}
-    return ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no results"
-
-
 def _reasons(records: list[dict], outcome: str) -> list[str]:
     """One line per reason of the records with ``outcome`` (e.g. 412 x Core ML runs on macOS only)."""
-    reasons: dict[str, int] = {}
-    for r in records:
-        if outcome_of(r) == outcome:
-            reason = str(r.get("reason") or r.get("failure") or "no reason recorded")
-            reasons[reason] = reasons.get(reason, 0) + 1
-    return [f"- {n} x {_cell(reason)}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    return [f"- {n} x {_cell(reason)}" for reason, n in reason_counts(records, outcome)]
 
 
 def _parity_section(metadata: dict) -> list[str]:
     results = [r for r in metadata.get("results") or [] if isinstance(r, dict)]
-    ran = [r for r in results if outcome_of(r) in ("passed", "failed", "xpassed")]
+    ran = [r for r in results if outcome_of(r) in RAN]
     failed = sum(1 for r in results if outcome_of(r) == "failed")
     verdict = f"{failed} FAILED" if failed else ("all passed" if ran else "NOTHING RAN")
     partial = " — partial run merged into the commit's report" if (metadata.get("summary") or {}).get("partial") else ""
-    lines = [f"**Parity: {_tally(results)}** ({verdict}){_provenance(metadata)}{partial}", ""]
+    lines = [f"**Parity: {tally(results)}** ({verdict}){_provenance(metadata)}{partial}", ""]
     if not results:
         return lines + ["No parity results in `metadata.json`.", ""]
     skipped = _reasons(results, "skipped")
@@ -146,10 +136,10 @@ def _parity_section(metadata: dict) -> list[str]:
 def _quantization_section(summary: dict) -> list[str]:
     variants = [v for v in summary.get("variants") or [] if isinstance(v, dict)]
     failed = sum(1 for v in variants if outcome_of(v) == "failed")
-    lines = [f"**Quantization sweep: {_tally(variants)}**" + (f" ({failed} FAILED)" if failed else ""), ""]
+    lines = [f"**Quantization sweep: {tally(variants)}**" + (f" ({failed} FAILED)" if failed else ""), ""]
     if not variants:
         return lines + ["No variants in `quantization_summary.json`.", ""]
-    ran = [v for v in variants if outcome_of(v) in ("passed", "failed", "xpassed")]
+    ran = [v for v in variants if outcome_of(v) in RAN]
     # Collapsed: the sweep is components x strategies rows, and the parity table is what gates.
     lines += [
         "<details><summary>Quantization variants</summary>",
@@ -230,11 +220,7 @@ def _failures(heading: str, records: list[dict], label) -> list[str]:
 def _number(value: float | None, fmt: str = "{:.2e}") -> str:
     if value is None:
         return MISSING
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return fmt.format(value)
+    return nonfinite_text(value) or fmt.format(value)
 
 
 def _cell(value: Any) -> str:

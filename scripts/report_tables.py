@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conversions.files import atomic_write  # noqa: E402
-from conversions.report_schema import OUTCOMES, as_float, outcome_of  # noqa: E402
+from conversions.report_schema import RAN, as_float, nonfinite_text, outcome_of, reason_counts, tally  # noqa: E402
 
 METADATA = "metadata.json"
 QUANTIZATION = "quantization_summary.json"
@@ -104,10 +104,8 @@ def sci(value: Any, digits: int = 2) -> str:
     x = as_float(value)
     if x is None:
         return MISSING
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
+    if not math.isfinite(x):
+        return nonfinite_text(x)
     if x == 0:
         return "0"
     if 0.01 <= abs(x) < 1000:
@@ -159,21 +157,8 @@ def verdict(record: dict) -> str:
     return "passed" if outcome == "passed" else f"**{outcome}**"
 
 
-RAN = ("passed", "failed", "xpassed")
-
-
-def tally(records: list[dict]) -> str:
-    counts = {o: sum(1 for r in records if outcome_of(r) == o) for o in OUTCOMES}
-    return ", ".join(f"{n} {o}" for o, n in counts.items() if n) or "no results"
-
-
 def skipped_lines(records: list[dict]) -> list[str]:
-    reasons: dict[str, int] = {}
-    for r in records:
-        if outcome_of(r) == "skipped":
-            reason = " ".join(str(r.get("reason") or "no reason recorded").split())
-            reasons[reason] = reasons.get(reason, 0) + 1
-    return [f"Skipped here: {n} x {cell(reason)}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    return [f"Skipped here: {n} x {cell(reason)}" for reason, n in reason_counts(records, "skipped")]
 
 
 def provenance(data: dict, source: str) -> str:

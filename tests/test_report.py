@@ -67,7 +67,8 @@ def synthetic_records() -> list[dict]:
     t = np.arange(40)
     reference = (0.5 + 0.45 * np.sin(t / 5.0)).tolist()
     candidate = (np.asarray(reference) + 1e-3 * np.cos(t)).tolist()
-    series = {"step_ms": 32.0, "reference": {"probability": reference}, "candidate": {"probability": candidate}}
+    series = {"step_ms": 32.0, "ylabel": "speech probability", "threshold": 0.5,  # as PlotSeries.as_dict writes it
+              "reference": {"probability": reference}, "candidate": {"probability": candidate}}
     return [
         make_record("unified-36ms", "mil-fp16", series=series, max_abs=2.9e-3),
         make_record("unified-36ms", "mil-fp32", max_abs=4e-7),

@@ -190,7 +190,7 @@ def stream(step: StepFn, waveform: np.ndarray, chunks: int | None = None) -> np.
     """Run a VAD step over ``waveform`` chunk by chunk and return one speech probability per chunk.
 
     ``step(audio_input [1, 576], h [1, 128], c [1, 128]) -> (probability, h, c)`` is one call of the unified
-    model (:func:`torch_step`, :func:`model_step`). The first call's context is 64 zeros; each later call's is
+    model (e.g. :func:`torch_step`). The first call's context is 64 zeros; each later call's is
     the last 64 samples of the previous window. The state returned by one call is fed to the next one as is.
     """
     total = num_chunks(waveform) if chunks is None else chunks
