@@ -46,7 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 
 # One line per built-in model family: a module (or package) exposing ``FAMILY: ModelFamily``.
-FAMILY_MODULES = ("conversions.models.silero_vad", "conversions.models.parakeet_tdt")
+FAMILY_MODULES = ("conversions.models.silero_vad", "conversions.models.parakeet_tdt", "conversions.models.parakeet_eou")
 EXTRA_FAMILIES_ENV = "COREML_PARITY_FAMILY_MODULES"  # more family modules, comma-separated
 PRECISIONS = ("fp16", "fp32")  # program compute precisions every component is exported and checked in
 

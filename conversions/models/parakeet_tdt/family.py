@@ -10,14 +10,15 @@ By default (offline) the model is the tiny instance of the real v3 architecture 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from conversions.audio import SPEECH_CLIP, load_speech_clip
-from conversions.registry import Component, FamilyOption, ModelFamily, PipelineCheck
+from conversions.models import nemo_source
+from conversions.models.nemo_source import source_options
+from conversions.registry import Component, ModelFamily, PipelineCheck
 
 from . import converters as cv
 from . import inputs as feeds
@@ -29,27 +30,13 @@ from .pipeline import PIPELINE_COMPONENTS, transcript_check
 NAME = "parakeet-tdt-v3"
 MODEL_CACHE = Path(__file__).resolve().parents[3] / ".cache" / "models"
 
-OPTIONS = (
-    FamilyOption(f"--{NAME}-nemo-path", "Parakeet TDT: check this NeMo checkpoint (EncDecRNNTBPEModel.restore_from) "
-                                        "instead of the offline tiny model", metavar="FILE.nemo"),
-    FamilyOption(f"--{NAME}-model-id", "Parakeet TDT: download this Hugging Face model (e.g. "
-                                       "nvidia/parakeet-tdt-0.6b-v3) at a pinned revision and check it", metavar="ID"),
-    FamilyOption(f"--{NAME}-model-revision", "revision (commit) of the model id (default: the revision pinned in "
-                                             "conversions/models/parakeet_tdt/nemo_models.py)", metavar="REV"),
-)
-_PATH, _ID, _REVISION = (o.dest for o in OPTIONS)
+OPTIONS = source_options(NAME, "Parakeet TDT", "nvidia/parakeet-tdt-0.6b-v3",
+                         "default: the revision pinned in conversions/models/parakeet_tdt/nemo_models.py")
 
 
 def family_name(source: Mapping[str, Any]) -> str:
     """``parakeet-tdt-v3`` for the offline tiny model; a user's checkpoint gets its own name."""
-    if source.get(_PATH):
-        label = Path(source[_PATH]).name.removesuffix(".nemo")
-    elif source.get(_ID):
-        label = str(source[_ID]).split("/")[-1]
-    else:
-        return NAME
-    slug = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in label).strip("-")
-    return f"{NAME}-{slug.lower()}"
+    return nemo_source.family_name(NAME, OPTIONS, source)
 
 
 def build_reference(source: Mapping[str, Any]):
@@ -57,31 +44,17 @@ def build_reference(source: Mapping[str, Any]):
     tiny model (built once into ``.cache/models/`` from the committed weights)."""
     from . import nemo_models
 
-    if source.get(_PATH):
-        return nemo_models.load_nemo(source[_PATH])
-    if source.get(_ID):
-        return nemo_models.load_nemo(nemo_models.download_nemo(source[_ID], source.get(_REVISION) or None))
+    path, model_id, revision = nemo_source.chosen(OPTIONS, source)
+    if path:
+        return nemo_models.load_nemo(path)
+    if model_id:
+        return nemo_models.load_nemo(nemo_models.download_nemo(model_id, revision))
     return nemo_models.tiny_parakeet_tdt(MODEL_CACHE)
 
 
 def configure(family: ModelFamily, values: Mapping[str, Any]) -> ModelFamily:
     """Validate the model-source options and name the family after the checkpoint."""
-    path, model_id, revision = values.get(_PATH), values.get(_ID), values.get(_REVISION)
-    if path and model_id:
-        raise ValueError(f"--{NAME}-nemo-path and --{NAME}-model-id name two models: give one")
-    if revision and not model_id:
-        raise ValueError(f"--{NAME}-model-revision goes with --{NAME}-model-id")
-    source = dict(values)
-    if path:
-        resolved = Path(path).resolve()
-        if not resolved.is_file():
-            raise ValueError(f"--{NAME}-nemo-path: {resolved} does not exist (expected a .nemo checkpoint file)")
-        if resolved.suffix != ".nemo":
-            raise ValueError(f"--{NAME}-nemo-path: {resolved} is not a .nemo file (NeMo checkpoints are .nemo archives)")
-        source[_PATH] = str(resolved)
-    if model_id and "/" not in str(model_id):
-        raise ValueError(f"--{NAME}-model-id: {model_id!r} is not a Hugging Face id (owner/name)")
-    return replace(family, name=family_name(source), source=source)
+    return nemo_source.configure_source(NAME, OPTIONS, family, values)
 
 
 # ---- upstream: our wrappers vs NeMo's own forward -----------------------------------------------------------
