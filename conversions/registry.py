@@ -151,16 +151,19 @@ class TaskMetric:
 @dataclass(frozen=True)
 class PlotSeries:
     """What the report draws for one streamed clip: one value per call of each named trace, torch vs converted,
-    against time (call index x ``step_ms``), with an optional decision ``threshold`` line."""
+    against time (call index x ``step_ms``), with an optional decision ``threshold`` line. ``reference_label``
+    names the reference in the legend (a pipeline's reference is the upstream library, not torch)."""
 
     reference: Mapping[str, Sequence[float]]
     candidate: Mapping[str, Sequence[float]]
     step_ms: float
     ylabel: str = ""
     threshold: float | None = None
+    reference_label: str = "torch (reference)"
 
     def as_dict(self) -> dict:
         return {"step_ms": self.step_ms, "ylabel": self.ylabel, "threshold": self.threshold,
+                "reference_label": self.reference_label,
                 "reference": {k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in self.reference.items()},
                 "candidate": {k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in self.candidate.items()}}
 
@@ -168,12 +171,14 @@ class PlotSeries:
 @dataclass(frozen=True)
 class PipelineResult:
     """The outcome of an end-to-end check: ``passed``; ``summary`` (one line: what was compared and found);
-    ``figures`` for the report; ``failure`` (what differs first, with the figures that explain it) when not passed."""
+    ``figures`` for the report; ``failure`` (what differs first, with the figures that explain it) when not passed;
+    ``series``: per-call traces, upstream (reference) vs ours (candidate), plotted by the report."""
 
     passed: bool
     summary: str
     figures: Mapping[str, Any] = field(default_factory=dict)
     failure: str | None = None
+    series: PlotSeries | None = None  # drawn by the report like a component's plot (e.g. tokens and <EOU> per chunk)
 
 
 @dataclass(frozen=True)

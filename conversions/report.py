@@ -577,7 +577,8 @@ def _plot_series(model: str, records: list[dict], model_dir: Path) -> list[Path]
         t = np.arange(ref.size) * step_ms / 1000.0
         fig = _new_figure(8.0, 5.2)
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-        top.plot(t, ref, color="#1f77b4", linewidth=1.0, label="torch (reference)")
+        reference_label = (record.get("series") or {}).get("reference_label") or "torch (reference)"
+        top.plot(t, ref, color="#1f77b4", linewidth=1.0, label=str(reference_label))
         top.plot(t, cand, color="#ff7f0e", linewidth=1.0, linestyle=(0, (4, 2)), label=f"converted ({variant})")
         if threshold is not None:
             top.axhline(threshold, color="gray", linestyle="--", linewidth=0.8, label=f"threshold {threshold:g}")

@@ -139,6 +139,7 @@ def test_pipeline(pipeline_case, parity, request):
         "compute_units": variant.compute_units if variant else None,
         "precision": variant.program_precision if variant else "fp32", "summary": result.summary,
         "figures": dict(result.figures), "match": bool(result.passed), "failure": result.failure,
+        "series": result.series.as_dict() if result.series is not None else None,
         "duration_s": round(time.perf_counter() - started, 3)})
     assert result.passed, f"{pipeline_case.id}: {result.failure or result.summary}"
 

@@ -16,10 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from conversions.audio import SPEECH_CLIP, load_speech_clip
 from conversions.models import nemo_source
 from conversions.models.parakeet_tdt.converters import relative_position_ops
-from conversions.registry import Component, ModelFamily, PipelineCheck
+from conversions.registry import Component, ModelFamily, PipelineCheck, PlotSeries
 
 from . import converters as cv
 from . import inputs as feeds
@@ -82,11 +84,35 @@ def _component(name, convert, reference, inputs, outputs, clip_feeds, random_inp
                      random_inputs=random_inputs, bounds=BOUNDS[name], random_bounds=RANDOM_BOUNDS[name], **more)
 
 
+_TRACED = ("encoded_output", "new_cache_last_channel", "new_cache_last_time")
+
+
+def _chunk_error_plot(variant: str):
+    """Per chunk, each traced output's value at the element where the chunk's error peaks, torch vs converted: the
+    report's lower panel is then the worst signed error of every chunk against the output's bound, so drift of the
+    carried caches over the stream shows as a trend."""
+
+    def plot(reference, candidate) -> PlotSeries:
+        ref_traces, cand_traces = {}, {}
+        for name in _TRACED:
+            ref = np.asarray(reference[name], np.float64)
+            cand = np.asarray(candidate[name], np.float64).reshape(ref.shape)
+            flat_ref, flat_cand = ref.reshape(ref.shape[0], -1), cand.reshape(ref.shape[0], -1)
+            worst = np.abs(flat_cand - flat_ref).argmax(axis=1)
+            rows = np.arange(ref.shape[0])
+            ref_traces[name], cand_traces[name] = flat_ref[rows, worst], flat_cand[rows, worst]
+        return PlotSeries(ref_traces, cand_traces, step_ms=_CHUNK_MS[variant],
+                          ylabel="value where the chunk's error peaks")
+
+    return plot
+
+
 def _encoder_component(variant: str) -> Component:
     return _component(f"encoder-{variant}", cv.encoder_converter(variant),
                       lambda model: encoder_module(model, variant), ENCODER_INPUTS, ENCODER_OUTPUTS,
                       feeds.clip_chunk_feeds(variant), feeds.random_chunk(variant), state=ENCODER_STATE,
-                      initial_state=_encoder_state(variant), audio_ms_per_call=_CHUNK_MS[variant])
+                      initial_state=_encoder_state(variant), audio_ms_per_call=_CHUNK_MS[variant],
+                      plot=_chunk_error_plot(variant))
 
 
 FAMILY = ModelFamily(

@@ -16,7 +16,8 @@ Why fitted: a random model decides on near-ties (see the TDT family's notes); a 
 nats along its greedy path, so "the same transcript, ``<EOU>`` in the same chunk" tests the conversion, not luck.
 The fit streams the clip through the encoder chunk by chunk with its caches, as an app does (NeMo's fixed-shape
 mode: zero pre-encode cache first, extra pre-encoded frames dropped on every chunk), in each chunk variant in turn
-(160, 320, 1280 ms; and offline every fourth step, so NeMo's offline transcript is comparable), so the margins hold where the suite decides: along every variant's streamed greedy path.
+(160, 320, 1280 ms; and offline every fourth step, so NeMo's offline transcript is comparable), so the margins
+hold where the suite decides: along every variant's streamed greedy path.
 """
 
 from __future__ import annotations
@@ -177,9 +178,10 @@ def eou_id(model) -> int:
 
 def fit_cells(model, frames: int, frame_s: float) -> list[tuple[int, int, int, int]]:
     """The RNN-T alignment the model is fitted along: (frame, text sequence, tokens of that sequence so far, target
-    token or blank); sequence k < len(UTTERANCES) is utterance k alone, the last one the whole text. Each utterance's tokens (its words, then ``<EOU>``) are spread over its speech frames, two at
-    most per frame, ``<EOU>`` :data:`EOU_DELAY_S` after the last word; the decoder restarts (zero state) for each
-    utterance, as an app resets it after ``<EOU>``. Blank frames outside speech are also taught with the previous
+    token or blank); sequence k < len(UTTERANCES) is utterance k alone, the last one the whole text. Each
+    utterance's tokens (its words, then ``<EOU>``) are spread over its speech frames, two at most per frame,
+    ``<EOU>`` :data:`EOU_DELAY_S` after the last word; the decoder restarts (zero state) for each utterance, as an
+    app resets it after ``<EOU>``. Blank frames outside speech are also taught with the previous
     utterance's final state (the decoder is reset only at the next chunk boundary)."""
     blank = int(model.decoder.blank_idx)
     cells = []

@@ -23,7 +23,7 @@ def _first_difference(a: list, b: list) -> int | None:
 
 def stream_check(variant: str):
     def run(model, clip, components):
-        from conversions.registry import PipelineResult
+        from conversions.registry import PipelineResult, PlotSeries
 
         d = dims(model)
         theirs = nemo_stream(model, variant, clip)
@@ -54,8 +54,9 @@ def stream_check(variant: str):
                      f"at chunks {theirs.eou_chunks(d.eou_id)}",
                      f"  ours ({len(result.tokens)} tokens): {text!r}, <EOU> at chunks {result.eou_chunks(d.eou_id)}"]
             if i is not None:
-                lines.append(f"  first difference at token {i}: NeMo (token, chunk) {list(zip(theirs.tokens, theirs.chunks))[i:i + 3]} "
-                             f"vs ours {list(zip(result.tokens, result.chunks))[i:i + 3]}")
+                nemo_pairs = list(zip(theirs.tokens, theirs.chunks))[i:i + 3]
+                our_pairs = list(zip(result.tokens, result.chunks))[i:i + 3]
+                lines.append(f"  first difference at token {i}: NeMo (token, chunk) {nemo_pairs} vs ours {our_pairs}")
                 if components is not None and i < len(reference.token_margins):
                     lines.append(f"  torch reference margin at that token: {reference.token_margins[i]:.3g} "
                                  f"(decisions above {DECISION_MARGIN:g} must not flip)")
@@ -63,11 +64,27 @@ def stream_check(variant: str):
         if components is None and not reference.min_margin > DECISION_MARGIN:
             problems.append(f"the torch decisions along the streamed greedy path have a top-2 margin of only "
                             f"{reference.min_margin:.3g} (<= {DECISION_MARGIN:g}): an exact transcript would test luck")
+        chunks = max(theirs.chunk_count, result.chunk_count)
+        series = PlotSeries(
+            {"<EOU> emitted": _per_chunk(theirs, chunks, d.eou_id), "tokens emitted": _per_chunk(theirs, chunks)},
+            {"<EOU> emitted": _per_chunk(result, chunks, d.eou_id), "tokens emitted": _per_chunk(result, chunks)},
+            step_ms=1000.0 * _shift_s(model, variant), ylabel="count per chunk", reference_label="NeMo streaming")
+        if theirs.chunk_count != result.chunk_count:
+            problems.append(f"{label}: streamed {result.chunk_count} chunks, NeMo's buffer {theirs.chunk_count}")
         summary = (f"{variant}: {len(result.tokens)} tokens {text!r}, <EOU> at chunks {result.eou_chunks(d.eou_id)} vs "
                    f"NeMo's {len(theirs.tokens)} / {theirs.eou_chunks(d.eou_id)}")
-        return PipelineResult(not problems, summary, figures, "\n".join(problems) or None)
+        return PipelineResult(not problems, summary, figures, "\n".join(problems) or None, series)
 
     return run
+
+
+def _per_chunk(result, chunks: int, token: int | None = None) -> list[float]:
+    """How many tokens (or only ``token``) each chunk emitted."""
+    counts = [0.0] * chunks
+    for t, c in zip(result.tokens, result.chunks):
+        if token is None or t == token:
+            counts[c] += 1.0
+    return counts
 
 
 def _shift_s(model, variant: str) -> float:

@@ -80,6 +80,7 @@ class StreamResult:
     margins: list[float] = field(default_factory=list)  # top-2 margin of every decision (when the joint gives it)
     token_margins: list[float] = field(default_factory=list)  # of each emitted token's decision
     chunk_outputs: list[dict] = field(default_factory=list)  # the encoder's outputs per chunk
+    chunk_count: int = 0  # chunks streamed
 
     def eou_chunks(self, eou_id: int | None) -> list[int]:
         return [c for t, c in zip(self.tokens, self.chunks) if t == eou_id]
@@ -129,6 +130,7 @@ def stream_decode(calls, encode, decoder_step, joint_step, initial_state, *, bla
                 saw_eou |= decision.token == eou_id
                 g, state = decoder_step(decision.token, state)
         frame_base += valid
+        result.chunk_count = index + 1
         if saw_eou:  # the utterance ended: the next chunk starts a new one from a fresh decoder
             g, state = decoder_step(blank_id, initial_state)
     return result
@@ -255,6 +257,7 @@ def nemo_stream(model, variant: str, clip: np.ndarray) -> StreamResult:
             new = sequence[seen:]
             result.tokens += new
             result.chunks += [index] * len(new)
+            result.chunk_count = index + 1
             if d.eou_id is not None and d.eou_id in new:
                 previous, seen = None, 0
             else:
