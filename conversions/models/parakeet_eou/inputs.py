@@ -4,7 +4,7 @@ hypothesis strategies of audio, chunk contents with cache states the model reach
 
 from __future__ import annotations
 
-import functools
+import hashlib
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from conversions.audio import AUDIO_KINDS, synthetic_audio
 from conversions.models.parakeet_tdt.inputs import audio_call, run_module, token_call
 
 from .converters import JOINT_CHUNK
-from .modules import ENCODER_INPUTS, ENCODER_OUTPUTS, chunk_variants, decoder_module, dims, encoder_module
+from .modules import ENCODER_INPUTS, ENCODER_OUTPUTS, chunk_variants, decoder_module, dims, encoder_module, per_model
 from .streaming import chunk_calls, clip_mel, initial_caches
 
 # A real sentence pair through the model's tokenizer, <EOU> after each (blank first, as during decoding).
@@ -68,11 +68,20 @@ def clip_tokens(model, waveform):
     return [{**token_call(t), **state} for t in decoder_tokens(model)]
 
 
-@functools.lru_cache(maxsize=4)
-def _streamed_clip(model, waveform_bytes: bytes, variant: str) -> list[np.ndarray]:
-    """The torch encoder's valid output of each chunk of the clip (caches carried)."""
-    waveform = np.frombuffer(waveform_bytes, np.float32)
-    return streamed_chunks(model, variant, clip_mel(model, waveform))
+@per_model
+def _clip_streams(model) -> dict:
+    return {}
+
+
+def _streamed_clip(model, waveform: np.ndarray, variant: str) -> list[np.ndarray]:
+    """The torch encoder's valid output of each chunk of the clip (caches carried), computed once per model, clip
+    and variant."""
+    waveform = np.asarray(waveform, np.float32)
+    key = (hashlib.sha256(waveform.tobytes()).hexdigest(), variant)
+    store = _clip_streams(model)
+    if key not in store:
+        store[key] = streamed_chunks(model, variant, clip_mel(model, waveform))
+    return store[key]
 
 
 def streamed_chunks(model, variant: str, mel: np.ndarray) -> list[np.ndarray]:
@@ -90,7 +99,7 @@ def streamed_chunks(model, variant: str, mel: np.ndarray) -> list[np.ndarray]:
 def clip_joint(model, waveform):
     """Each full chunk of the clip (320 ms variant) with the decoder output of a different step of the sentence."""
     frames = chunk_variants(model)[JOINT_CHUNK].valid_out_frames
-    chunks = [c for c in _streamed_clip(model, np.asarray(waveform, np.float32).tobytes(), JOINT_CHUNK)
+    chunks = [c for c in _streamed_clip(model, waveform, JOINT_CHUNK)
               if c.shape[-1] == frames]
     g, _ = decoder_stream(model, decoder_tokens(model))
     return [{"encoder": np.ascontiguousarray(c), "decoder": g[(3 * k) % len(g)]} for k, c in enumerate(chunks)]
@@ -98,7 +107,7 @@ def clip_joint(model, waveform):
 
 def clip_joint_step(model, waveform):
     """Every streamed frame of the clip, each with the decoder output of a different step of the sentence."""
-    enc = np.concatenate(_streamed_clip(model, np.asarray(waveform, np.float32).tobytes(), JOINT_CHUNK), axis=-1)
+    enc = np.concatenate(_streamed_clip(model, waveform, JOINT_CHUNK), axis=-1)
     g, _ = decoder_stream(model, decoder_tokens(model))
     return [{"encoder": np.ascontiguousarray(enc[:, :, t:t + 1]), "decoder": g[t % len(g)]} for t in
             range(enc.shape[-1])]

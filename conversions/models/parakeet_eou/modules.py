@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,23 @@ class ChunkVariant:
         return 1000.0 * self.shift_samples / self.sample_rate
 
 
+def per_model(fn):
+    """Cache ``fn(model)`` for as long as the model lives (a weak reference: an lru_cache would keep a dropped
+    full-size model resident). ``.cache_clear()`` empties it."""
+    cache = weakref.WeakKeyDictionary()
+
+    @functools.wraps(fn)
+    def cached(model):
+        try:
+            return cache[model]
+        except KeyError:
+            value = cache[model] = fn(model)
+            return value
+
+    cached.cache_clear = cache.clear
+    return cached
+
+
 def _first(value):
     return value[1] if isinstance(value, (list, tuple)) else value
 
@@ -92,7 +110,7 @@ def streaming_encoder(encoder, frames: int):
     return copied
 
 
-@functools.lru_cache(maxsize=16)
+@per_model
 def chunk_variants(model) -> dict[str, ChunkVariant]:
     """The three chunk variants of ``model``, derived from NeMo's own streaming parameters."""
     hop = int(model.preprocessor.featurizer.hop_length)
@@ -126,7 +144,7 @@ class Dims:
     window_samples: int
 
 
-@functools.lru_cache(maxsize=8)
+@per_model
 def dims(model) -> Dims:
     from .nemo_models import EOB, EOU
 

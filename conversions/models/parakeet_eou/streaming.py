@@ -267,6 +267,34 @@ def nemo_stream(model, variant: str, clip: np.ndarray) -> StreamResult:
     return result
 
 
+def nemo_encoder_stream(model, variant: str, clip: np.ndarray) -> np.ndarray:
+    """NeMo's own ``cache_aware_stream_step`` over the clip in ``variant``'s chunks (its buffer with
+    ``pad_and_drop_preencoded=True``, its caches carried): the valid encoder frames of every chunk, [1, D, T]."""
+    from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
+
+    v = chunk_variants(model)[variant]
+    encoder = streaming_encoder(model.encoder, v.encoder_frames)
+    original = model.encoder
+    model.encoder = encoder  # the buffer reads the model's encoder settings
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            buffer = CacheAwareStreamingAudioBuffer(model=model, pad_and_drop_preencoded=True)
+    finally:
+        model.encoder = original
+    buffer.append_processed_signal(torch.from_numpy(clip_mel(model, clip)))
+    channel, time_, channel_len = encoder.get_initial_cache_state(batch_size=1)
+    pieces = []
+    for chunk, lengths in buffer:
+        with torch.no_grad():
+            encoded, length, channel, time_, channel_len = encoder.cache_aware_stream_step(
+                processed_signal=chunk, processed_signal_length=lengths, cache_last_channel=channel,
+                cache_last_time=time_, cache_last_channel_len=channel_len, keep_all_outputs=buffer.is_buffer_empty(),
+                drop_extra_pre_encoded=encoder.streaming_cfg.drop_extra_pre_encoded)
+        pieces.append(encoded[:, :, :int(length[0])].numpy())
+    return np.concatenate(pieces, axis=-1)
+
+
 def nemo_offline(model, clip: np.ndarray) -> list[int]:
     """NeMo's offline greedy transcript of the whole clip (its forward and configured decoding; no reset)."""
     audio = torch.from_numpy(np.asarray(clip, np.float32).reshape(1, -1))
