@@ -11,8 +11,8 @@ fp16 in this process, once, and its package checked:
 - the package size against the component's parameter count: an fp16 package stores two bytes per weight;
 - the fp16 encoder against torch, within a bound set by torch's own fp16 run of the same network (see
   :func:`test_fp16_encoder_on_the_portable_runtime_matches_torch`);
-- the script's measurement machinery: a component converted in a fresh child process, and a component that does
-  not fit reported instead of raised.
+- the measurement machinery (``conversions/full_size.py``, through the script): a component converted in a fresh
+  child process, a component that does not fit reported instead of raised, packages saved atomically.
 
 Slow (the encoder converts in 1-2 min and peaks ~4.6 GiB above the resident model; the module took 5.5-7 min on 2
 shared cores, peak RSS 7.2 GiB): deselected by the repo's ``addopts``, run it with
@@ -21,11 +21,12 @@ shared cores, peak RSS 7.2 GiB): deselected by the repo's ``addopts``, run it wi
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conversions import full_size
 
 pytestmark = pytest.mark.slow
 
@@ -46,20 +47,8 @@ def model():
 def converted(model, tmp_path_factory):
     """component -> the script's conversion figures (package path, declared shapes ...), each converted once. The
     packages (2.3 GB) are removed after the module: pytest keeps its last temporary directories."""
-    out_dir = tmp_path_factory.mktemp("full-size-fp16")
-    cache: dict[str, dict] = {}
-
-    def get(component: str) -> dict:
-        if component not in cache:
-            cache[component] = script.convert_component(model, component, "fp16", out_dir)
-        return cache[component]
-
-    yield get
-    shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def _shapes(figures: dict, key: str) -> dict[str, tuple]:
-    return {name: tuple(shape) for name, shape in figures[key].items()}
+    with full_size.converted_once(script.convert_component, model, tmp_path_factory.mktemp("full-size-fp16")) as get:
+        yield get
 
 
 # ---- the contract, declared and run ---------------------------------------------------------------------------
@@ -75,12 +64,9 @@ def test_the_model_is_the_full_size_v3_architecture(model):
 
 @pytest.mark.parametrize("component", script.COMPONENTS)
 def test_declared_outputs_keep_the_contract(converted, component):
-    declared = _shapes(converted(component), "declared_shapes")
-    expected = dict(CONTRACT[component])
-    for name, axes in script.FLEXIBLE_OUTPUTS.get(component, {}).items():
-        # a flexible input declares its output's matching axis unknown; the run below pins it to the window
-        expected[name] = tuple(None if axis in axes else size for axis, size in enumerate(expected[name]))
-    assert declared == expected
+    # a flexible input declares its output's matching axis unknown; the run below pins it to the window
+    expected = full_size.declared_contract(CONTRACT[component], script.FLEXIBLE_OUTPUTS.get(component))
+    assert full_size.figure_shapes(converted(component), "declared_shapes") == expected
 
 
 @pytest.mark.parametrize("component", script.COMPONENTS)
@@ -88,15 +74,8 @@ def test_outputs_on_the_portable_runtime_keep_the_contract(model, converted, com
     """Each package run once on its sample inputs (the 15 s window for the front end and encoders): the shapes it
     returns, and finite values close to torch's (the encoder's bound is the next test's business)."""
     figures = script.run_component(model, component, converted(component)["package"], "fp16")
-    assert _shapes(figures, "runtime_shapes") == CONTRACT[component]
-    for name, errors in figures["errors"].items():
-        if "max_abs" in errors:  # NaN or inf anywhere reads as an infinite error
-            assert np.isfinite(errors["max_abs"]), (name, errors)
-            assert errors["quality"] > 0.99, (name, errors)
-
-
-def _parameter_count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    assert full_size.figure_shapes(figures, "runtime_shapes") == CONTRACT[component]
+    full_size.assert_errors_close(figures["errors"])  # the decisions on random frames may differ where close
 
 
 @pytest.mark.parametrize("component", [c for c in script.COMPONENTS if c != "preprocessor"])
@@ -106,9 +85,8 @@ def test_fp16_package_stores_two_bytes_per_weight(model, converted, component):
     ``linear_pos`` (a 1024 x 1024 weight) into the projected table it produces (8 x 128 x 375 values), 2.6 % of the
     encoder (measured 0.974 x two bytes per parameter); batch norm folds into its conv. Above: constants that are
     not parameters (the mel front end's filter bank and DFT basis, < 3 MiB) and the description."""
-    weights = _parameter_count(script.torch_module(model, component))
-    size = converted(component)["package_bytes"]
-    assert 0.95 * 2 * weights < size < 1.01 * 2 * weights + 4 * script.MB, (size, weights)
+    weights = full_size.parameter_count(script.torch_module(model, component))
+    full_size.assert_fp16_package_size(converted(component)["package_bytes"], weights)
 
 
 # ---- the encoder's numbers -------------------------------------------------------------------------------------
@@ -126,7 +104,7 @@ YARDSTICK_FACTOR = 2.0
 
 def test_fp16_encoder_on_the_portable_runtime_matches_torch(model, converted):
     figures = script.run_component(model, "encoder", converted("encoder")["package"], "fp16")
-    assert _shapes(figures, "runtime_shapes") == CONTRACT["encoder"]
+    assert full_size.figure_shapes(figures, "runtime_shapes") == CONTRACT["encoder"]
     assert figures["errors"]["encoder_length"]["agreement"] == 1.0
     got = figures["errors"]["encoder"]
     yardstick = script.torch_fp16_errors(model, "encoder")["encoder"]
@@ -163,30 +141,18 @@ def test_joint_decisions_agree_wherever_the_torch_margin_is_confident(model, con
 # ---- the script's measurement ---------------------------------------------------------------------------------
 def test_a_component_is_measured_in_a_fresh_child_process(model, tmp_path):
     """The decoder through ``measure_in_child``: the child builds its own model, converts, saves, runs; its figures
-    say so. The model's fp32 weights (counted here) are resident when the conversion starts, so the child's RSS
-    then is at least their size; every later peak is at least that."""
+    say so (:func:`conversions.full_size.assert_measured_in_child`: the conversion's peak at least the model's fp32
+    weights, counted here)."""
     figures = script.measure_in_child("decoder", "fp16", tmp_path / "packages", runs=1, log_dir=tmp_path)
-    assert figures["status"] == "ok" and figures["returncode"] == 0, figures.get("why")
-    assert figures["contract_problems"] == [] and figures["runtime_contract_problems"] == []
-    weight_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / script.MB
-    assert figures["peak_reset"] is True  # Linux >= 4.0: the conversion's peak is its own, not the build's
-    assert weight_mb <= figures["rss_before_mb"] <= figures["convert_peak_mb"] <= figures["child_peak_mb"]
-    package = Path(figures["package"])
-    assert package == tmp_path / "packages" / "decoder.mlpackage" and package.is_dir()
-    assert figures["package_bytes"] == script.package_size(package) > 2 * _parameter_count(model.decoder)
-    assert not [p for p in package.parent.iterdir() if p.name.startswith(".")]  # no temporary left beside it
+    full_size.assert_measured_in_child(figures, model, tmp_path / "packages" / "decoder.mlpackage")
+    assert figures["package_bytes"] > 2 * full_size.parameter_count(model.decoder)
+    assert "contract: ok" in script.format_component(figures)
 
 
 def test_a_component_that_does_not_fit_is_reported_not_raised(tmp_path):
     """A guard above the whole machine's memory: the child is killed at the first poll, and the figures say which
     component, why, and its peak against the memory available."""
-    guard_mb = script.available_mb() + 64 * 1024
-    figures = script.measure_in_child("encoder", "fp16", tmp_path / "packages", guard_mb=guard_mb, log_dir=tmp_path)
-    assert figures["status"] == "out-of-memory" and figures["component"] == "encoder"
-    assert figures["returncode"] == -9
-    assert "guard" in figures["why"] and "GiB available" in figures["why"]
-    assert not (tmp_path / "packages" / "encoder.mlpackage").exists()
-    assert "out-of-memory" in script.format_component(figures)
+    full_size.assert_reported_out_of_memory(script.measure_in_child, "encoder", tmp_path, script.format_component)
 
 
 def test_contract_problems_name_what_is_wrong():
@@ -196,7 +162,7 @@ def test_contract_problems_name_what_is_wrong():
     del wrong["c_out"]
     problems = script.contract_problems("decoder", wrong)
     assert len(problems) == 2
-    assert any("h_out" in p and "[1, 1, 640]" in p and "[2, 1, 640]" in p for p in problems)
+    assert any("output h_out" in p and "[1, 1, 640]" in p and "[2, 1, 640]" in p for p in problems)
     assert any("c_out" in p and "no output" in p for p in problems)
     with pytest.raises(ValueError, match="unknown component 'encoderr'"):
         script.contract_problems("encoderr", good)
@@ -217,15 +183,15 @@ class _Package:
 
 def test_save_package_replaces_atomically(tmp_path):
     dest = tmp_path / "joint.mlpackage"
-    script.save_package(_Package("first"), dest)
-    script.save_package(_Package("second"), dest)
+    full_size.save_package(_Package("first"), dest)
+    full_size.save_package(_Package("second"), dest)
     assert (dest / "marker").read_text() == "second"
     with pytest.raises(OSError, match="disk full"):
-        script.save_package(_Package("third", fail=True), dest)
+        full_size.save_package(_Package("third", fail=True), dest)
     assert (dest / "marker").read_text() == "second"  # a failed save leaves the previous package whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["joint.mlpackage"]
     with pytest.raises(ValueError, match=r"must end in \.mlpackage"):
-        script.save_package(_Package("x"), tmp_path / "joint.bin")
+        full_size.save_package(_Package("x"), tmp_path / "joint.bin")
 
 
 def test_command_line_rejects_unknown_components(capsys):
