@@ -57,7 +57,7 @@ from conversions import full_size
 
 VARIANTS = ("160ms", "320ms", "1280ms")
 ENCODERS = tuple(f"encoder-{v}" for v in VARIANTS)
-COMPONENTS = ("preprocessor", *ENCODERS, "decoder", "joint", "joint-decision-step")
+COMPONENTS = ("preprocessor", *ENCODERS, "decoder", "joint", "joint-decision", "joint-decision-step")
 PRECISIONS = full_size.PRECISIONS
 
 # ---- the contract, by hand ---------------------------------------------------------------------------------------
@@ -91,6 +91,10 @@ CONTRACT: dict[str, dict[str, dict[str, tuple]]] = {
                 "outputs": {"decoder": (1, PRED_HIDDEN, 1), "h_out": (1, 1, PRED_HIDDEN), "c_out": (1, 1, PRED_HIDDEN)}},
     "joint": {"inputs": {"encoder": (1, D_MODEL, JOINT_FRAMES), "decoder": (1, PRED_HIDDEN, 1)},
               "outputs": {"logits": (1, JOINT_FRAMES, 1, LOGITS)}},
+    "joint-decision": {"inputs": {"encoder": (1, D_MODEL, JOINT_FRAMES), "decoder": (1, PRED_HIDDEN, 1)},
+                       "outputs": {"token_id": (1, JOINT_FRAMES, 1), "token_prob": (1, JOINT_FRAMES, 1),
+                                   "top_k_ids": (1, JOINT_FRAMES, 1, TOP_K),
+                                   "top_k_logits": (1, JOINT_FRAMES, 1, TOP_K)}},
     "joint-decision-step": {"inputs": {"encoder": (1, D_MODEL, 1), "decoder": (1, PRED_HIDDEN, 1)},
                             "outputs": {"token_id": (1, 1, 1), "token_prob": (1, 1, 1), "top_k_ids": (1, 1, 1, TOP_K),
                                         "top_k_logits": (1, 1, 1, TOP_K)}},
@@ -130,6 +134,7 @@ def output_names(component: str) -> tuple[str, ...]:
     from conversions.models.parakeet_eou import converters, modules
 
     return {"preprocessor": ("mel", "mel_length"), "decoder": converters.DECODER_OUTPUTS, "joint": ("logits",),
+            "joint-decision": converters.DECISION_OUTPUTS,
             "joint-decision-step": converters.DECISION_OUTPUTS}.get(_check_component(component),
                                                                     modules.ENCODER_OUTPUTS)
 
@@ -141,7 +146,8 @@ def torch_module(model, component: str):
     if variant:
         return modules.encoder_module(model, variant)  # a deep copy of the encoder, set up for the variant
     return {"preprocessor": modules.preprocessor_module, "decoder": modules.decoder_module,
-            "joint": modules.joint_module, "joint-decision-step": modules.joint_decision_step_module}[component](model)
+            "joint": modules.joint_module, "joint-decision": modules.joint_decision_step_module,
+            "joint-decision-step": modules.joint_decision_step_module}[component](model)
 
 
 def converter(component: str):
@@ -151,7 +157,7 @@ def converter(component: str):
     if variant:
         return converters.encoder_converter(variant)
     return {"preprocessor": converters.convert_preprocessor, "decoder": converters.convert_decoder,
-            "joint": converters.convert_joint,
+            "joint": converters.convert_joint, "joint-decision": converters.convert_joint_decision,
             "joint-decision-step": converters.convert_joint_decision_step}[component]
 
 

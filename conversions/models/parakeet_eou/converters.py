@@ -79,6 +79,13 @@ def convert_joint(model, precision: str = "fp16", target: str = DEFAULT_TARGET):
     return _convert(joint_module(model), _joint_example(model, frames), ("logits",), precision, target, "joint")
 
 
+def convert_joint_decision(model, precision: str = "fp16", target: str = DEFAULT_TARGET):
+    """Joint + decision over one 320 ms chunk's valid frames (what an app calls when it decides a chunk at once)."""
+    frames = chunk_variants(model)[JOINT_CHUNK].valid_out_frames
+    return _convert(joint_decision_step_module(model), _joint_example(model, frames), DECISION_OUTPUTS, precision,
+                    target, "joint-decision")
+
+
 def convert_joint_decision_step(model, precision: str = "fp16", target: str = DEFAULT_TARGET):
     return _convert(joint_decision_step_module(model), _joint_example(model, 1), DECISION_OUTPUTS, precision, target,
                     "joint-decision-step")

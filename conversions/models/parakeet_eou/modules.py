@@ -18,6 +18,7 @@ component                     inputs                                            
 ``decoder``                   ``targets`` [1,1] int32, ``target_length`` [1], ``h_in``/``c_in``  ``decoder`` [1,640,1],
                               [1,1,640]                                                        ``h_out``, ``c_out``
 ``joint``                     ``encoder`` [1,512,valid frames of 320 ms], ``decoder`` [1,640,1]  ``logits`` [1,T,1,1027]
+``joint-decision``            ``encoder`` [1,512,valid frames of 320 ms], ``decoder``            the four below, [1,T,1,..]
 ``joint-decision-step``       ``encoder`` [1,512,1], ``decoder`` [1,640,1]                      ``token_id``, ``token_prob``,
                                                                                                ``top_k_ids``,
                                                                                                ``top_k_logits``
