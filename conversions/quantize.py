@@ -163,6 +163,15 @@ def _linear(mode: str, dtype: str, granularity: str, **extra) -> Step:
                        "weight_threshold": DEFAULT_WEIGHT_THRESHOLD}.items()))
 
 
+GROUPED_PALETTIZATION = ("palettize-4bit-grouped", "palettize-6bit-grouped", "palettize-8bit-grouped")
+
+
+def not_applicable(component: str, strategies, why: str) -> dict[tuple[str, str], str]:
+    """``ModelFamily.inapplicable`` entries: each of ``strategies`` cannot apply to ``component``, because ``why``
+    (e.g. ``not_applicable("decoder", GROUPED_PALETTIZATION, "rows not divisible by the group size 16")``)."""
+    return {(component, strategy): why for strategy in strategies}
+
+
 def _palettize(nbits: int, grouped: bool) -> Step:
     granularity = {"granularity": "per_grouped_channel", "group_size": GROUP_SIZE} if grouped else \
         {"granularity": "per_tensor"}

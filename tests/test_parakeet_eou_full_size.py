@@ -6,7 +6,8 @@ real architecture at full size (17 cache-aware FastConformer layers, d_model 512
 incl. ``<EOU>``/``<EOB>`` -> 1027 logits; random weights), built through NeMo once for the module
 (``scripts/parakeet_eou_full_size.py``'s ``build_model``: ~6 s, ~1.2 GiB resident). Each component (the
 preprocessor, the streaming encoder of each chunk variant, 160 / 320 / 1280 ms, the decoder, the joint, the
-joint+decision over a chunk and the single-step joint+decision) is converted to fp16 in this process, once, and its package checked:
+joint+decision over a chunk and the single-step joint+decision) is converted to fp16 in this process, once, and its
+package checked:
 
 - the input and output shapes the program declares, and the output shapes it returns on the portable runtime,
   against the contract (``CONTRACT`` in the script, written out by hand; the chunk figures are NeMo's

@@ -5,7 +5,7 @@ families; each declares its own options through :func:`source_options`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -69,3 +69,15 @@ def chosen(options: tuple[FamilyOption, ...], source: Mapping[str, Any]) -> tupl
     """(nemo path, model id, revision) from a configured ``source``."""
     path, model_id, revision = _dests(options)
     return source.get(path), source.get(model_id), source.get(revision) or None
+
+
+def build_model(options: tuple[FamilyOption, ...], source: Mapping[str, Any], *, load: Callable[[Any], Any],
+                download: Callable[[str, str | None], Any], tiny: Callable[[], Any]):
+    """The model a configured ``source`` names: ``load(path)`` of the ``.nemo`` path, ``load(download(id,
+    revision))`` of a hub id, else ``tiny()`` (the family's offline default)."""
+    path, model_id, revision = chosen(options, source)
+    if path:
+        return load(path)
+    if model_id:
+        return load(download(model_id, revision))
+    return tiny()

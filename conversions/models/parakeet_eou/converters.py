@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from conversions.export import DEFAULT_TARGET, convert_traced
-from conversions.models.parakeet_tdt.converters import front_end_ops
+from conversions.models.parakeet_tdt.converters import decoder_example, front_end_ops
 
 from .modules import (ENCODER_INPUTS, ENCODER_OUTPUTS, chunk_variants, decoder_module, dims, encoder_module,
                       joint_decision_step_module, joint_module, preprocessor_module)
@@ -63,10 +63,8 @@ def encoder_converter(variant: str):
 
 def convert_decoder(model, precision: str = "fp16", target: str = DEFAULT_TARGET):
     d = dims(model)
-    state = torch.zeros(d.pred_layers, 1, d.pred_hidden)
-    example = {"targets": torch.tensor([[d.blank_id]], dtype=torch.int32), "target_length": _i32(1),
-               "h_in": state, "c_in": state.clone()}
-    return _convert(decoder_module(model), example, DECODER_OUTPUTS, precision, target, "decoder")
+    return _convert(decoder_module(model), decoder_example(d.pred_layers, d.pred_hidden, d.blank_id), DECODER_OUTPUTS,
+                    precision, target, "decoder")
 
 
 def _joint_example(model, frames: int) -> dict:

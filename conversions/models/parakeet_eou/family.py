@@ -21,6 +21,7 @@ import numpy as np
 from conversions.audio import SPEECH_CLIP, load_speech_clip
 from conversions.models import nemo_source
 from conversions.models.parakeet_tdt.converters import relative_position_ops
+from conversions.quantize import GROUPED_PALETTIZATION, not_applicable
 from conversions.registry import Component, ModelFamily, PipelineCheck, PlotSeries
 
 from . import converters as cv
@@ -39,26 +40,21 @@ def build_reference(source: Mapping[str, Any]):
     """A ``.nemo`` path or a hub id from ``source`` when given, else the offline tiny model."""
     from . import nemo_models
 
-    path, model_id, revision = nemo_source.chosen(OPTIONS, source)
-    if path:
-        return nemo_models.load_nemo(path)
-    if model_id:
-        return nemo_models.load_nemo(nemo_models.download_eou(model_id, revision))
-    return nemo_models.tiny_parakeet_eou(MODEL_CACHE)
+    return nemo_source.build_model(OPTIONS, source, load=nemo_models.load_nemo, download=nemo_models.download_eou,
+                                   tiny=lambda: nemo_models.tiny_parakeet_eou(MODEL_CACHE))
 
 
 def configure(family: ModelFamily, values: Mapping[str, Any]) -> ModelFamily:
     return nemo_source.configure_source(NAME, OPTIONS, family, values)
 
 
-_GROUPED = ("palettize-4bit-grouped", "palettize-6bit-grouped", "palettize-8bit-grouped")
 # Measured with coremltools 9.0 (it leaves such weights uncompressed; quantize.py turns that into
 # StrategyNotApplicable). The same holds for the real model: 1027 embedding rows, 1027 joint outputs.
 INAPPLICABLE = {
-    **{("decoder", s): "the embedding has vocabulary + 1 (blank) rows, not divisible by the group size 16"
-       for s in _GROUPED},
-    **{("joint", s): "the output layer has vocabulary + 1 (blank) rows, not divisible by the group size 16"
-       for s in _GROUPED},
+    **not_applicable("decoder", GROUPED_PALETTIZATION,
+                     "the embedding has vocabulary + 1 (blank) rows, not divisible by the group size 16"),
+    **not_applicable("joint", GROUPED_PALETTIZATION,
+                     "the output layer has vocabulary + 1 (blank) rows, not divisible by the group size 16"),
 }
 
 _FRAME_MS = 80.0  # one encoder frame: what a decoder or single-step joint call advances through, at most

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conversions.models.parakeet_tdt.nemo_models import (_cached_nemo, _quiet_nemo, _sha256, download_nemo,
-                                                         load_nemo, state_dict_arrays, write_npz)
+from conversions.models import nemo_committed as committed
+from conversions.models.parakeet_tdt.nemo_models import _cached_nemo, _quiet_nemo, download_nemo, load_nemo
 
 PARAKEET_EOU_ID = "nvidia/parakeet_realtime_eou_120m-v1"
 PARAKEET_EOU_FILE = "parakeet_realtime_eou_120m-v1.nemo"
@@ -309,73 +309,29 @@ def _fit_clip() -> np.ndarray:
 
 # ---- the committed tiny model ----------------------------------------------------------------------------------
 TINY_DIR = Path(__file__).resolve().parent / "tiny"
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.vocab", "vocab.txt")
-WEIGHTS_FILE = "weights.npz"
-MANIFEST_FILE = "manifest.json"
-COMMITTED_FILES = (*TOKENIZER_FILES, WEIGHTS_FILE)
-COMMITTED_FORMAT = 1
-_REGENERATE = "restore it from git, or regenerate all files with scripts/fit_tiny_parakeet_eou.py"
-
-
-class TinyModelDataError(RuntimeError):
-    """The committed tiny EOU model's files are missing, altered, or do not fit the model."""
+TOKENIZER_FILES, WEIGHTS_FILE, MANIFEST_FILE = committed.TOKENIZER_FILES, committed.WEIGHTS_FILE, committed.MANIFEST_FILE
+COMMITTED_FILES = committed.COMMITTED_FILES
+TinyModelDataError = committed.TinyModelDataError
+COMMITTED = committed.CommittedModel(
+    "tiny Parakeet EOU model", TINY_SCALE,
+    "restore it from git, or regenerate all files with scripts/fit_tiny_parakeet_eou.py")
 
 
 def verify_tiny_files(directory: str | os.PathLike | None = None) -> dict:
-    """The committed tiny model's manifest, after checking it lists every file with its sha256 (raises
-    :class:`TinyModelDataError` naming the file otherwise)."""
-    directory = Path(TINY_DIR if directory is None else directory)
-    manifest_path = directory / MANIFEST_FILE
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as e:
-        raise TinyModelDataError(f"tiny Parakeet EOU model: cannot read {manifest_path}: {e} ({_REGENERATE})") from e
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if manifest.get("format") != COMMITTED_FORMAT or not isinstance(files, dict) or set(files) != set(COMMITTED_FILES):
-        raise TinyModelDataError(f"tiny Parakeet EOU model: {manifest_path} is not a format-{COMMITTED_FORMAT} "
-                                 f"manifest listing {', '.join(COMMITTED_FILES)} ({_REGENERATE})")
-    if manifest.get("scale") != TINY_SCALE or manifest.get("seed") != 0:
-        raise TinyModelDataError(f"tiny Parakeet EOU model: {manifest_path} describes scale {manifest.get('scale')} "
-                                 f"seed {manifest.get('seed')}, not TINY_SCALE {TINY_SCALE} seed 0 ({_REGENERATE})")
-    for name in COMMITTED_FILES:
-        path = directory / name
-        if not path.is_file():
-            raise TinyModelDataError(f"tiny Parakeet EOU model: {path} is missing ({_REGENERATE})")
-        actual = _sha256(path)
-        if actual != files[name]:
-            raise TinyModelDataError(f"tiny Parakeet EOU model: {path} does not match {manifest_path} (sha256 "
-                                     f"{actual}, manifest {files[name]}): altered or replaced ({_REGENERATE})")
-    return manifest
+    """The committed tiny model's manifest (``directory``, default :data:`TINY_DIR`), after checking every file
+    against it (:class:`TinyModelDataError` naming the file otherwise)."""
+    return COMMITTED.verify(TINY_DIR if directory is None else directory)
 
 
 def write_tiny_files(model, tokenizer_dir: str | os.PathLike, directory: str | os.PathLike | None = None,
                      info: dict | None = None) -> dict:
     """Write the committed tiny model (tokenizer files, ``weights.npz``, then ``manifest.json``), each atomically."""
-    from importlib.metadata import version
-
-    from conversions.files import atomic_path, atomic_write
     from conversions.models.parakeet_tdt.nemo_models import _without_temp_paths
 
-    directory = Path(TINY_DIR if directory is None else directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        data = (Path(tokenizer_dir) / name).read_bytes()
-        atomic_write(directory / name, _without_temp_paths(data) if name == "tokenizer.model" else data)
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        write_npz(tmp, state_dict_arrays(model))
-    manifest = {
-        "format": COMMITTED_FORMAT,
-        "files": {name: _sha256(directory / name) for name in COMMITTED_FILES},
-        "scale": TINY_SCALE, "seed": 0,
-        "fit": {"text": FIT_TEXT, "steps": FIT_STEPS, "lr": FIT_LR, "chunk_frames": list(FIT_CHUNK_FRAMES),
-                "clip": "tests/data/speech_noise_16k.wav",
-                "clip_sha256": hashlib.sha256(_fit_clip().tobytes()).hexdigest()},
-        "torch": torch.__version__, "nemo": version("nemo_toolkit"),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        **(info or {}),
-    }
-    atomic_write(directory / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    fit = {"text": FIT_TEXT, "steps": FIT_STEPS, "lr": FIT_LR, "chunk_frames": list(FIT_CHUNK_FRAMES),
+           "clip": "tests/data/speech_noise_16k.wav", "clip_sha256": hashlib.sha256(_fit_clip().tobytes()).hexdigest()}
+    return COMMITTED.write(model, tokenizer_dir, TINY_DIR if directory is None else directory, fit, info,
+                           portable_tokenizer=_without_temp_paths)
 
 
 def build_committed_tiny(directory: str | os.PathLike | None = None):
@@ -389,19 +345,7 @@ def build_committed_tiny(directory: str | os.PathLike | None = None):
         for name in TOKENIZER_FILES:
             shutil.copyfile(directory / name, tokenizer_dir / name)
         model = _new_model(config_for(TINY_SCALE), tokenizer_dir, 0)
-        expected = model.state_dict()
-        with np.load(directory / WEIGHTS_FILE, allow_pickle=False) as npz:
-            state = {name: torch.from_numpy(npz[name]) for name in npz.files}
-        if set(state) != set(expected):
-            raise TinyModelDataError(f"tiny Parakeet EOU model: {directory / WEIGHTS_FILE} does not fit "
-                                     f"config_for(TINY_SCALE): missing {sorted(set(expected) - set(state))[:5]}, "
-                                     f"unexpected {sorted(set(state) - set(expected))[:5]}")
-        for name, tensor in state.items():
-            if tensor.dtype != expected[name].dtype or tensor.shape != expected[name].shape:
-                raise TinyModelDataError(f"tiny Parakeet EOU model: {directory / WEIGHTS_FILE}: {name} is "
-                                         f"{tensor.dtype} {tuple(tensor.shape)}, the model has "
-                                         f"{expected[name].dtype} {tuple(expected[name].shape)}")
-        model.load_state_dict(state, strict=True)
+        COMMITTED.load_into(model, directory)
     except BaseException:
         shutil.rmtree(tokenizer_dir, ignore_errors=True)
         raise

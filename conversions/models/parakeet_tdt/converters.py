@@ -70,12 +70,17 @@ def convert_mel_encoder(model, precision: str = "fp16", target: str = DEFAULT_TA
                     "mel-encoder", keep_fp32=front_end_ops)
 
 
+def decoder_example(pred_layers: int, pred_hidden: int, blank_id: int) -> dict[str, torch.Tensor]:
+    """The decoder step's example feeds (blank, zero LSTM state): shared by the Parakeet families."""
+    state = torch.zeros(pred_layers, 1, pred_hidden)
+    return {"targets": torch.tensor([[blank_id]], dtype=torch.int32), "target_length": _i32(1), "h_in": state,
+            "c_in": state.clone()}
+
+
 def convert_decoder(model, precision: str = "fp16", target: str = DEFAULT_TARGET):
     d = dims(model)
-    state = torch.zeros(d.pred_layers, 1, d.pred_hidden)
-    example = {"targets": torch.tensor([[d.blank_id]], dtype=torch.int32), "target_length": _i32(1),
-               "h_in": state, "c_in": state.clone()}
-    return _convert(decoder_module(model), example, DECODER_OUTPUTS, precision, target, "decoder")
+    return _convert(decoder_module(model), decoder_example(d.pred_layers, d.pred_hidden, d.blank_id), DECODER_OUTPUTS,
+                    precision, target, "decoder")
 
 
 def _joint_example(d: Dims, frames: int) -> dict:
@@ -121,13 +126,3 @@ def relative_position_ops(mlmodel) -> tuple[str, ...]:
                     names += [op.name, const_name]
     return tuple(names)
 
-
-_GROUPED = ("palettize-4bit-grouped", "palettize-6bit-grouped", "palettize-8bit-grouped")
-# Measured with coremltools 9.0 (it leaves such weights uncompressed; quantize.py turns that into
-# StrategyNotApplicable). The same holds for the real model: 8193 embedding rows, 8198 joint outputs.
-INAPPLICABLE = {
-    **{("decoder", s): "the embedding has vocabulary + 1 (blank) rows, not divisible by the group size 16"
-       for s in _GROUPED},
-    **{("joint", s): "the output layer has vocabulary + 1 + 5 durations rows, not divisible by the group size 16"
-       for s in _GROUPED},
-}

@@ -18,6 +18,7 @@ import torch
 from conversions.audio import SPEECH_CLIP, load_speech_clip
 from conversions.models import nemo_source
 from conversions.models.nemo_source import source_options
+from conversions.quantize import GROUPED_PALETTIZATION, not_applicable
 from conversions.registry import Component, ModelFamily, PipelineCheck
 
 from . import converters as cv
@@ -44,12 +45,8 @@ def build_reference(source: Mapping[str, Any]):
     tiny model (built once into ``.cache/models/`` from the committed weights)."""
     from . import nemo_models
 
-    path, model_id, revision = nemo_source.chosen(OPTIONS, source)
-    if path:
-        return nemo_models.load_nemo(path)
-    if model_id:
-        return nemo_models.load_nemo(nemo_models.download_nemo(model_id, revision))
-    return nemo_models.tiny_parakeet_tdt(MODEL_CACHE)
+    return nemo_source.build_model(OPTIONS, source, load=nemo_models.load_nemo, download=nemo_models.download_nemo,
+                                   tiny=lambda: nemo_models.tiny_parakeet_tdt(MODEL_CACHE))
 
 
 def configure(family: ModelFamily, values: Mapping[str, Any]) -> ModelFamily:
@@ -79,14 +76,13 @@ def _upstream_mel_encoder(model, waveform):
 
 
 # ---- the declaration ---------------------------------------------------------------------------------------
-_GROUPED = ("palettize-4bit-grouped", "palettize-6bit-grouped", "palettize-8bit-grouped")
 # Measured with coremltools 9.0 (it leaves such weights uncompressed; quantize.py turns that into
 # StrategyNotApplicable). The same holds for the real model: 8193 embedding rows, 8198 joint outputs.
 INAPPLICABLE = {
-    **{("decoder", s): "the embedding has vocabulary + 1 (blank) rows, not divisible by the group size 16"
-       for s in _GROUPED},
-    **{("joint", s): "the output layer has vocabulary + 1 + 5 durations rows, not divisible by the group size 16"
-       for s in _GROUPED},
+    **not_applicable("decoder", GROUPED_PALETTIZATION,
+                     "the embedding has vocabulary + 1 (blank) rows, not divisible by the group size 16"),
+    **not_applicable("joint", GROUPED_PALETTIZATION,
+                     "the output layer has vocabulary + 1 + 5 durations rows, not divisible by the group size 16"),
 }
 
 _FRAME_MS = 80.0  # one encoder frame: what a decoder or single-step joint call advances through, at most

@@ -38,11 +38,12 @@ import os
 import shutil
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from conversions.models import nemo_committed as committed
 
 # The real checkpoint: its id, file name and the revision pinned for reproducible downloads (the commit of
 # nvidia/parakeet-tdt-0.6b-v3 recorded in public third-party notices; override with --parakeet-tdt-v3-model-revision).
@@ -307,76 +308,19 @@ def _fit_clip() -> np.ndarray:
 # ---- the committed tiny model ----------------------------------------------------------------------------------
 # scripts/fit_tiny_parakeet.py writes these (a regeneration changes every Parakeet snapshot baseline).
 TINY_DIR = Path(__file__).resolve().parent / "tiny"
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.vocab", "vocab.txt")  # what NeMo's "bpe" tokenizer dir holds
-WEIGHTS_FILE = "weights.npz"
-MANIFEST_FILE = "manifest.json"
-COMMITTED_FILES = (*TOKENIZER_FILES, WEIGHTS_FILE)
-COMMITTED_FORMAT = 1  # of the committed files (manifest "format")
-_NPZ_DATE = (1980, 1, 1, 0, 0, 0)  # weights.npz members' zip timestamp: the same weights give the same bytes
-
-
-class TinyModelDataError(RuntimeError):
-    """The committed tiny-model files are missing, altered, or do not fit the model they are loaded into."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+TOKENIZER_FILES, WEIGHTS_FILE, MANIFEST_FILE = committed.TOKENIZER_FILES, committed.WEIGHTS_FILE, committed.MANIFEST_FILE
+COMMITTED_FILES, COMMITTED_FORMAT = committed.COMMITTED_FILES, committed.COMMITTED_FORMAT
+TinyModelDataError = committed.TinyModelDataError
+_sha256, state_dict_arrays, write_npz = committed.sha256_file, committed.state_dict_arrays, committed.write_npz
+COMMITTED = committed.CommittedModel(
+    "tiny Parakeet model", TINY_SCALE, "restore it from git, or regenerate all files with scripts/fit_tiny_parakeet.py")
 
 
 def verify_tiny_files(directory: str | os.PathLike | None = None) -> dict:
     """The manifest of the committed tiny model (``directory``, default :data:`TINY_DIR`), after checking that it
     describes this module's tiny model and that every file it lists is present with its recorded sha256. Raises
     :class:`TinyModelDataError` naming the file otherwise."""
-    directory = Path(TINY_DIR if directory is None else directory)
-    manifest_path = directory / MANIFEST_FILE
-    regenerate = "restore it from git, or regenerate all files with scripts/fit_tiny_parakeet.py"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as e:
-        raise TinyModelDataError(f"tiny Parakeet model: cannot read {manifest_path}: {e} ({regenerate})") from e
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if manifest.get("format") != COMMITTED_FORMAT or not isinstance(files, dict) or set(files) != set(COMMITTED_FILES):
-        raise TinyModelDataError(f"tiny Parakeet model: {manifest_path} is not a format-{COMMITTED_FORMAT} manifest "
-                                 f"listing {', '.join(COMMITTED_FILES)} ({regenerate})")
-    if manifest.get("scale") != TINY_SCALE or manifest.get("seed") != 0:
-        raise TinyModelDataError(f"tiny Parakeet model: {manifest_path} describes scale {manifest.get('scale')} seed "
-                                 f"{manifest.get('seed')}, not TINY_SCALE {TINY_SCALE} seed 0 ({regenerate})")
-    for name in COMMITTED_FILES:
-        path = directory / name
-        if not path.is_file():
-            raise TinyModelDataError(f"tiny Parakeet model: {path} is missing ({regenerate})")
-        actual = _sha256(path)
-        if actual != files[name]:
-            raise TinyModelDataError(f"tiny Parakeet model: {path} does not match {manifest_path} (sha256 {actual}, "
-                                     f"manifest {files[name]}): the file was altered or replaced ({regenerate})")
-    return manifest
-
-
-def state_dict_arrays(model) -> dict[str, np.ndarray]:
-    """Every entry of ``model.state_dict()`` (parameters and buffers, batch-norm statistics and
-    ``num_batches_tracked`` included) as a numpy array of the same dtype; floating ones must be float32."""
-    arrays = {}
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        if t.is_floating_point() and t.dtype != torch.float32:
-            raise TypeError(f"{name}: {t.dtype}; the committed weights are float32")
-        arrays[name] = t.numpy().copy()
-    return arrays
-
-
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """``arrays`` as an ``.npz`` (what ``np.savez`` writes: one stored ``NAME.npy`` per key, read back with
-    ``np.load``), members sorted and dated 1980-01-01 so the same arrays always give the same bytes."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_NPZ_DATE)
-            info.external_attr = 0o644 << 16
-            with archive.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.require(arrays[name], requirements="C"), allow_pickle=False)
+    return COMMITTED.verify(TINY_DIR if directory is None else directory)
 
 
 def write_tiny_files(model, tokenizer_dir: str | os.PathLike, directory: str | os.PathLike | None = None,
@@ -384,29 +328,10 @@ def write_tiny_files(model, tokenizer_dir: str | os.PathLike, directory: str | o
     """Write the committed tiny model into ``directory`` (default :data:`TINY_DIR`): the tokenizer files from
     ``tokenizer_dir``, ``model``'s state dict as ``weights.npz`` and, last, ``manifest.json`` (sha256 of each file,
     the scale, seed, fit, versions, and ``info``). Each file is written atomically. Returns the manifest."""
-    from importlib.metadata import version
-
-    from conversions.files import atomic_path, atomic_write
-
-    directory = Path(TINY_DIR if directory is None else directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        data = (Path(tokenizer_dir) / name).read_bytes()
-        atomic_write(directory / name, _without_temp_paths(data) if name == "tokenizer.model" else data)
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        write_npz(tmp, state_dict_arrays(model))
-    manifest = {
-        "format": COMMITTED_FORMAT,
-        "files": {name: _sha256(directory / name) for name in COMMITTED_FILES},
-        "scale": TINY_SCALE, "seed": 0,
-        "fit": {"text": FIT_TEXT, "steps": FIT_STEPS, "lr": FIT_LR, "clip": "tests/data/speech_noise_16k.wav",
-                "clip_sha256": hashlib.sha256(_fit_clip().tobytes()).hexdigest()},
-        "torch": torch.__version__, "nemo": version("nemo_toolkit"),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        **(info or {}),
-    }
-    atomic_write(directory / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    fit = {"text": FIT_TEXT, "steps": FIT_STEPS, "lr": FIT_LR, "clip": "tests/data/speech_noise_16k.wav",
+           "clip_sha256": hashlib.sha256(_fit_clip().tobytes()).hexdigest()}
+    return COMMITTED.write(model, tokenizer_dir, TINY_DIR if directory is None else directory, fit, info,
+                           portable_tokenizer=_without_temp_paths)
 
 
 def _without_temp_paths(model_bytes: bytes) -> bytes:
@@ -427,25 +352,6 @@ def _without_temp_paths(model_bytes: bytes) -> bytes:
     if (before.encode(text), before.get_piece_size()) != (after.encode(text), after.get_piece_size()):
         raise RuntimeError("tokenizer.model: removing the training paths changed the tokenization")
     return portable
-
-
-def _read_weights(path: Path, model) -> dict[str, torch.Tensor]:
-    """``weights.npz`` as a state dict for ``model``: exactly its keys, each of its dtype and shape."""
-    expected = model.state_dict()
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
-    if missing or extra:
-        raise TinyModelDataError(f"tiny Parakeet model: {path} does not fit the model of config_for(TINY_SCALE): "
-                                 f"missing {missing[:5]}, unexpected {extra[:5]}")
-    state = {}
-    for name, target in expected.items():
-        tensor = torch.from_numpy(arrays[name])
-        if tensor.dtype != target.dtype or tensor.shape != target.shape:
-            raise TinyModelDataError(f"tiny Parakeet model: {path}: {name} is {tensor.dtype} {tuple(tensor.shape)}, "
-                                     f"the model has {target.dtype} {tuple(target.shape)}")
-        state[name] = tensor
-    return state
 
 
 def build_committed_tiny(directory: str | os.PathLike | None = None):
@@ -470,12 +376,7 @@ def build_committed_tiny(directory: str | os.PathLike | None = None):
         with torch.random.fork_rng(devices=[]):  # the initial weights are replaced; the caller's RNG is left alone
             torch.manual_seed(0)
             model = EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg))
-        state = _read_weights(directory / WEIGHTS_FILE, model)
-        model.load_state_dict(state, strict=True)
-        loaded = model.state_dict()
-        for name, tensor in state.items():  # the copy was exact: same bytes in the model as in the file
-            if not torch.equal(loaded[name], tensor):
-                raise TinyModelDataError(f"tiny Parakeet model: {name} changed on loading {directory / WEIGHTS_FILE}")
+        COMMITTED.load_into(model, directory)
     except BaseException:
         shutil.rmtree(tokenizer_dir, ignore_errors=True)
         raise
