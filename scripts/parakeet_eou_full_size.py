@@ -179,7 +179,7 @@ def stream_calls(model, variant: str, chunks: int = STREAM_CHUNKS) -> list[dict[
 def stream(encode, calls, initial: dict) -> tuple[list[dict], list[dict]]:
     """``encode(feeds) -> outputs`` over ``calls``, each call fed the previous call's new caches (cast to the
     inputs' dtypes, as a host does with an fp16 program's outputs); the feeds and outputs of every call."""
-    from conversions.models.parakeet_eou import modules
+    from conversions.models.parakeet_eou import modules, streaming
 
     carried, fed, outputs = dict(initial), [], []
     for call in calls:
@@ -187,8 +187,7 @@ def stream(encode, calls, initial: dict) -> tuple[list[dict], list[dict]]:
         out = encode(feeds)
         fed.append(feeds)
         outputs.append(out)
-        carried = {inp: np.asarray(out[o]).astype(np.asarray(initial[inp]).dtype)
-                   for o, inp in modules.ENCODER_STATE.items()}
+        carried = streaming.next_caches(out, carried)
     return fed, outputs
 
 

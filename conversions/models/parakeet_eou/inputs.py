@@ -9,11 +9,11 @@ import hashlib
 import numpy as np
 
 from conversions.audio import AUDIO_KINDS, synthetic_audio
-from conversions.models.parakeet_tdt.inputs import audio_call, run_module, token_call
+from conversions.models.parakeet_tdt.inputs import audio_call, initial_state, step_decoder, text_tokens, token_call
 
 from .converters import JOINT_CHUNK
-from .modules import ENCODER_INPUTS, ENCODER_OUTPUTS, chunk_variants, decoder_module, dims, encoder_module, per_model
-from .streaming import chunk_calls, clip_mel, initial_caches
+from .modules import chunk_variants, decoder_module, dims, per_model
+from .streaming import chunk_calls, clip_mel, initial_caches, next_caches, torch_encoder
 
 # A real sentence pair through the model's tokenizer, <EOU> after each (blank first, as during decoding).
 DECODER_TEXT = ("the quick brown fox jumps over the lazy dog <EOU> voice activity detection finds the speech in a "
@@ -21,26 +21,15 @@ DECODER_TEXT = ("the quick brown fox jumps over the lazy dog <EOU> voice activit
 
 
 def decoder_tokens(model, limit: int = 96) -> list[int]:
-    d = dims(model)
-    ids = [int(i) for i in model.tokenizer.text_to_ids(DECODER_TEXT)][: limit - 1]
-    if not ids or max(ids) >= d.blank_id:
-        raise ValueError(f"the tokenizer gave ids {ids[:8]}... outside the joint's {d.blank_id} tokens")
-    return [d.blank_id] + ids
+    return text_tokens(model, DECODER_TEXT, dims(model).blank_id, limit)
 
 
 def initial_decoder_state(model) -> dict[str, np.ndarray]:
-    d = dims(model)
-    zeros = np.zeros((d.pred_layers, 1, d.pred_hidden), np.float32)
-    return {"h_in": zeros, "c_in": zeros.copy()}
+    return initial_state(dims(model))
 
 
 def decoder_stream(model, tokens) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    module, state, outputs = decoder_module(model), initial_decoder_state(model), []
-    for token in tokens:
-        g, h, c = run_module(module, *token_call(token).values(), state["h_in"], state["c_in"])
-        state = {"h_in": h, "c_in": c}
-        outputs.append(g)
-    return outputs, state
+    return step_decoder(decoder_module(model), tokens, initial_decoder_state(model))
 
 
 # ---- the clip ---------------------------------------------------------------------------------------------------
@@ -85,13 +74,12 @@ def _streamed_clip(model, waveform: np.ndarray, variant: str) -> list[np.ndarray
 
 
 def streamed_chunks(model, variant: str, mel: np.ndarray) -> list[np.ndarray]:
+    """The torch encoder's valid output of each chunk of ``mel`` (caches carried)."""
     v = chunk_variants(model)[variant]
-    module, carried, outputs = encoder_module(model, variant), initial_caches(model, v), []
+    encode, carried, outputs = torch_encoder(model, variant), initial_caches(model, v), []
     for call in chunk_calls(model, v, mel):
-        out = dict(zip(ENCODER_OUTPUTS, run_module(module, *({**call, **carried}[n] for n in ENCODER_INPUTS))))
-        carried = {"pre_cache": out["new_pre_cache"], "cache_last_channel": out["new_cache_last_channel"],
-                   "cache_last_time": out["new_cache_last_time"],
-                   "cache_last_channel_len": out["new_cache_last_channel_len"]}
+        out = encode({**call, **carried})
+        carried = next_caches(out, carried)
         outputs.append(out["encoded_output"][:, :, : int(out["encoded_length"][0])])
     return outputs
 
@@ -138,7 +126,7 @@ def random_chunk(variant: str):
         from hypothesis import strategies as st
 
         v = chunk_variants(model)[variant]
-        module = encoder_module(model, variant)
+        encode = torch_encoder(model, variant)
 
         def build(audio, position):
             mel = clip_mel(model, audio)
@@ -147,10 +135,7 @@ def random_chunk(variant: str):
                                                     "audio_length": np.array([v.mel_frames], np.int32)}]
             carried = initial_caches(model, v)
             for call in calls[: position % len(calls)]:
-                out = dict(zip(ENCODER_OUTPUTS, run_module(module, *({**call, **carried}[n] for n in ENCODER_INPUTS))))
-                carried = {"pre_cache": out["new_pre_cache"], "cache_last_channel": out["new_cache_last_channel"],
-                           "cache_last_time": out["new_cache_last_time"],
-                           "cache_last_channel_len": out["new_cache_last_channel_len"]}
+                carried = next_caches(encode({**call, **carried}), carried)
             return {**calls[position % len(calls)], **carried}
 
         seconds = min(8 * v.shift_samples / dims(model).sample_rate, 15.0)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from conversions.models.parakeet_tdt.modules import ParakeetDecoder, ParakeetPreprocessor, joint_logits
+from conversions.models.parakeet_tdt.modules import ParakeetDecoder, ParakeetPreprocessor, joint_logits, top2_margin
 
 # The chunk variants apps ship: name -> encoder frames per chunk (one encoder frame = 8 mel frames = 80 ms).
 CHUNK_FRAMES = {"160ms": 2, "320ms": 4, "1280ms": 16}
@@ -63,6 +63,7 @@ class ChunkVariant:
     valid_out_frames: int  # streaming_cfg.valid_out_len
     drop_extra_pre_encoded: int
     last_channel_cache: int  # streaming_cfg.last_channel_cache_size
+    sampling_frames: int  # mel frames one encoder frame needs (NeMo's buffer stops at a shorter last chunk)
     hop: int  # samples per mel frame
     sample_rate: int
 
@@ -97,34 +98,43 @@ def per_model(fn):
     return cached
 
 
-def _first(value):
-    return value[1] if isinstance(value, (list, tuple)) else value
+def _steady(value) -> int:
+    """NeMo's streaming sizes are [first chunk, every later chunk] pairs (or one number): the later chunks' one."""
+    return int(value[1] if isinstance(value, (list, tuple)) else value)
+
+
+def _setup_streaming(encoder, frames: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encoder.setup_streaming_params(chunk_size=frames, shift_size=frames)
 
 
 def streaming_encoder(encoder, frames: int):
     """A copy of ``encoder`` set up for chunks of ``frames`` encoder frames (NeMo's ``setup_streaming_params``
     mutates the encoder, so each variant gets its own copy; the model's encoder is left alone)."""
     copied = copy.deepcopy(encoder).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        copied.setup_streaming_params(chunk_size=frames, shift_size=frames)
+    _setup_streaming(copied, frames)
     return copied
 
 
 @per_model
 def chunk_variants(model) -> dict[str, ChunkVariant]:
-    """The three chunk variants of ``model``, derived from NeMo's own streaming parameters."""
+    """The three chunk variants of ``model``, derived from NeMo's own streaming parameters (set up in turn on one
+    copy of the encoder: only its streaming configuration is read)."""
     hop = int(model.preprocessor.featurizer.hop_length)
     sample_rate = int(model.cfg.preprocessor.sample_rate)
+    encoder = copy.deepcopy(model.encoder)
+    sampling = encoder.pre_encode.get_sampling_frames() if hasattr(encoder.pre_encode, "get_sampling_frames") else \
+        encoder.subsampling_factor
     variants = {}
     for name, frames in CHUNK_FRAMES.items():
-        cfg = streaming_encoder(model.encoder, frames).streaming_cfg
+        _setup_streaming(encoder, frames)
+        cfg = encoder.streaming_cfg
         variants[name] = ChunkVariant(
-            name=name, encoder_frames=frames, mel_frames=int(_first(cfg.chunk_size)),
-            shift_frames=int(_first(cfg.shift_size)), pre_cache_frames=int(_first(cfg.pre_encode_cache_size)),
-            valid_out_frames=int(cfg.valid_out_len), drop_extra_pre_encoded=int(cfg.drop_extra_pre_encoded),
-            last_channel_cache=int(cfg.last_channel_cache_size), hop=hop,
-            sample_rate=sample_rate)
+            name=name, encoder_frames=frames, mel_frames=_steady(cfg.chunk_size), shift_frames=_steady(cfg.shift_size),
+            pre_cache_frames=_steady(cfg.pre_encode_cache_size), valid_out_frames=int(cfg.valid_out_len),
+            drop_extra_pre_encoded=int(cfg.drop_extra_pre_encoded), last_channel_cache=int(cfg.last_channel_cache_size),
+            sampling_frames=_steady(sampling), hop=hop, sample_rate=sample_rate)
     return variants
 
 
@@ -232,8 +242,7 @@ class JointWithMargins(Joint):
 
     def forward(self, encoder, decoder):
         logits = joint_logits(self.joint, encoder, decoder)
-        top = logits.topk(2, dim=-1).values
-        return logits, top[..., 0] - top[..., 1]
+        return logits, top2_margin(logits)
 
 
 def preprocessor_module(model) -> nn.Module:

@@ -229,33 +229,28 @@ def fit_cells(model, frames: int, frame_s: float) -> list[tuple[int, int, int, i
 
 
 def streamed_encoding(model, mel: torch.Tensor, chunk_frames: int) -> torch.Tensor:
-    """The encoder output of ``mel`` [1, n_mels, F] streamed as an app streams it (NeMo's buffer with
-    ``pad_and_drop_preencoded``: chunks of ``chunk_frames`` encoder frames, zero pre-encode cache first, extra
-    pre-encoded frames dropped on every chunk, caches carried), differentiable: [1, T, D] of the valid frames.
-    Sets the model's own encoder up for that chunk size (the caller restores it)."""
+    """The encoder output of ``mel`` [1, n_mels, F] streamed as an app streams it (the chunks of
+    :func:`~.streaming.chunk_calls`, NeMo's buffer's cut: zero pre-encode cache first, extra pre-encoded frames
+    dropped on every chunk, caches carried), differentiable in the weights: [1, T, D] of the valid frames. Sets the
+    model's own encoder up for chunks of ``chunk_frames`` encoder frames (the caller restores it)."""
+    from .modules import chunk_variants
+    from .streaming import chunk_calls
+
+    variant = next(v for v in chunk_variants(model).values() if v.encoder_frames == chunk_frames)
     encoder = model.encoder
     encoder.setup_streaming_params(chunk_size=chunk_frames, shift_size=chunk_frames)
-    cfg = encoder.streaming_cfg
-    chunk, pre = int(cfg.chunk_size[1]), int(cfg.pre_encode_cache_size[1])
-    sampling = int(encoder.pre_encode.get_sampling_frames()[1])
     channel, time_, channel_len = encoder.get_initial_cache_state(batch_size=1)
+    pre = variant.pre_cache_frames
     pre_cache = mel.new_zeros(1, mel.shape[1], pre)
-    pieces, start = [], 0
-    while start < mel.shape[-1]:
-        x = mel[:, :, start:start + chunk]
-        if x.shape[-1] < sampling:
-            break
-        valid = x.shape[-1]
-        if valid < chunk:
-            x = torch.nn.functional.pad(x, (0, chunk - valid))
-        signal = torch.cat([pre_cache, x], dim=-1)
+    pieces = []
+    for call in chunk_calls(model, variant, mel.numpy()):
+        signal = torch.cat([pre_cache, torch.from_numpy(call["audio_signal"])], dim=-1)
         encoded, length, channel, time_, channel_len = encoder.cache_aware_stream_step(
-            processed_signal=signal, processed_signal_length=torch.tensor([pre + valid]), cache_last_channel=channel,
-            cache_last_time=time_, cache_last_channel_len=channel_len, keep_all_outputs=False,
-            drop_extra_pre_encoded=cfg.drop_extra_pre_encoded)
+            processed_signal=signal, processed_signal_length=torch.tensor([pre + int(call["audio_length"][0])]),
+            cache_last_channel=channel, cache_last_time=time_, cache_last_channel_len=channel_len,
+            keep_all_outputs=False, drop_extra_pre_encoded=variant.drop_extra_pre_encoded)
         pieces.append(encoded[:, :, :int(length[0])])
         pre_cache = signal[:, :, signal.shape[-1] - pre:]
-        start += int(cfg.shift_size[1])
     return torch.cat(pieces, dim=-1).transpose(1, 2)
 
 

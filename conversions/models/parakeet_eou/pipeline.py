@@ -5,20 +5,15 @@ included. One check per chunk variant."""
 
 from __future__ import annotations
 
+from conversions.models.parakeet_tdt.pipeline import first_difference
+
 from .bounds import DECISION_MARGIN
-from .modules import dims
+from .modules import chunk_variants, dims
 from .streaming import nemo_offline, nemo_stream, package_pipeline, run_pipeline, torch_pipeline
 
 
 def pipeline_components(variant: str) -> tuple[str, ...]:
     return ("preprocessor", f"encoder-{variant}", "decoder", "joint-decision-step")
-
-
-def _first_difference(a: list, b: list) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def stream_check(variant: str):
@@ -38,7 +33,7 @@ def stream_check(variant: str):
         offline = nemo_offline(model, clip)
         figures = {"nemo_tokens": len(theirs.tokens), "tokens": len(result.tokens), "text": text,
                    "eou_chunks": result.eou_chunks(d.eou_id), "nemo_eou_chunks": theirs.eou_chunks(d.eou_id),
-                   "chunk_ms": round(1000.0 * _shift_s(model, variant)),
+                   "chunk_ms": round(chunk_variants(model)[variant].audio_ms),
                    "reference_min_margin": float(reference.min_margin),
                    "offline_text": model.tokenizer.ids_to_text(offline),
                    "streamed_equals_offline": theirs.tokens == offline}
@@ -48,7 +43,7 @@ def stream_check(variant: str):
         if d.eou_id is not None and not theirs.eou_chunks(d.eou_id):
             problems.append("NeMo's streaming emitted no <EOU> on the clip (it has two utterances)")
         if (result.tokens, result.chunks) != (theirs.tokens, theirs.chunks):
-            i = _first_difference(list(zip(result.tokens, result.chunks)), list(zip(theirs.tokens, theirs.chunks)))
+            i = first_difference(list(zip(result.tokens, result.chunks)), list(zip(theirs.tokens, theirs.chunks)))
             lines = [f"{label}: the streamed transcript differs from NeMo's streaming ({variant} chunks)",
                      f"  NeMo ({len(theirs.tokens)} tokens): {model.tokenizer.ids_to_text(theirs.tokens)!r}, <EOU> "
                      f"at chunks {theirs.eou_chunks(d.eou_id)}",
@@ -68,7 +63,7 @@ def stream_check(variant: str):
         series = PlotSeries(
             {"<EOU> emitted": _per_chunk(theirs, chunks, d.eou_id), "tokens emitted": _per_chunk(theirs, chunks)},
             {"<EOU> emitted": _per_chunk(result, chunks, d.eou_id), "tokens emitted": _per_chunk(result, chunks)},
-            step_ms=1000.0 * _shift_s(model, variant), ylabel="count per chunk", reference_label="NeMo streaming")
+            step_ms=chunk_variants(model)[variant].audio_ms, ylabel="count per chunk", reference_label="NeMo streaming")
         if theirs.chunk_count != result.chunk_count:
             problems.append(f"{label}: streamed {result.chunk_count} chunks, NeMo's buffer {theirs.chunk_count}")
         summary = (f"{variant}: {len(result.tokens)} tokens {text!r}, <EOU> at chunks {result.eou_chunks(d.eou_id)} vs "
@@ -85,10 +80,3 @@ def _per_chunk(result, chunks: int, token: int | None = None) -> list[float]:
         if token is None or t == token:
             counts[c] += 1.0
     return counts
-
-
-def _shift_s(model, variant: str) -> float:
-    from .modules import chunk_variants
-
-    v = chunk_variants(model)[variant]
-    return v.shift_samples / v.sample_rate

@@ -17,16 +17,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from conversions.models.parakeet_tdt.inputs import run_module, token_call
+from conversions.models.parakeet_tdt.inputs import initial_state, run_module, token_call
+from conversions.models.parakeet_tdt.pipeline import max_symbols_of, package_decoder_step
 
-from .modules import (ENCODER_INPUTS, ChunkVariant, chunk_variants, decision_with_margins_module, decoder_module,
-                      dims, encoder_module, preprocessor_module, streaming_encoder)
+from .modules import (ENCODER_INPUTS, ENCODER_OUTPUTS, ENCODER_STATE, ChunkVariant, chunk_variants,
+                      decision_with_margins_module, decoder_module, dims, encoder_module, preprocessor_module,
+                      streaming_encoder)
 
 
 # ---- inputs -------------------------------------------------------------------------------------------------
@@ -52,13 +55,10 @@ def initial_caches(model, variant: ChunkVariant) -> dict[str, np.ndarray]:
 
 def chunk_calls(model, variant: ChunkVariant, mel: np.ndarray) -> list[dict[str, np.ndarray]]:
     """The chunks of ``mel`` as encoder feeds (``audio_signal``, ``audio_length``), NeMo's buffer's cut."""
-    total = mel.shape[-1]
-    sampling = 8 if not hasattr(model.encoder.pre_encode, "get_sampling_frames") else \
-        _second(model.encoder.pre_encode.get_sampling_frames())
     calls, start = [], 0
-    while start < total:
+    while start < mel.shape[-1]:
         chunk = mel[:, :, start:start + variant.mel_frames]
-        if chunk.shape[-1] < sampling:  # NeMo's buffer stops: too short for one encoder frame
+        if chunk.shape[-1] < variant.sampling_frames:  # NeMo's buffer stops: too short for one encoder frame
             break
         padded = np.zeros((1, mel.shape[1], variant.mel_frames), np.float32)
         padded[:, :, :chunk.shape[-1]] = chunk
@@ -67,19 +67,13 @@ def chunk_calls(model, variant: ChunkVariant, mel: np.ndarray) -> list[dict[str,
     return calls
 
 
-def _second(value):
-    return int(value[1]) if isinstance(value, (list, tuple)) else int(value)
-
-
 # ---- the host streaming greedy decoder -------------------------------------------------------------------------
 @dataclass
 class StreamResult:
     tokens: list[int] = field(default_factory=list)
     chunks: list[int] = field(default_factory=list)  # chunk index of each token
-    frames: list[int] = field(default_factory=list)  # encoder frame (over the stream) of each token
     margins: list[float] = field(default_factory=list)  # top-2 margin of every decision (when the joint gives it)
     token_margins: list[float] = field(default_factory=list)  # of each emitted token's decision
-    chunk_outputs: list[dict] = field(default_factory=list)  # the encoder's outputs per chunk
     chunk_count: int = 0  # chunks streamed
 
     def eou_chunks(self, eou_id: int | None) -> list[int]:
@@ -97,7 +91,7 @@ class Decision:
 
 
 def stream_decode(calls, encode, decoder_step, joint_step, initial_state, *, blank_id: int, eou_id: int | None,
-                  max_symbols: int, keep_outputs: bool = False) -> StreamResult:
+                  max_symbols: int) -> StreamResult:
     """Greedy RNN-T over a stream of encoder chunk calls.
 
     ``encode(call) -> outputs`` (``encoded_output`` [1, D, T], ``encoded_length``; the caller carries the caches),
@@ -107,11 +101,8 @@ def stream_decode(calls, encode, decoder_step, joint_step, initial_state, *, bla
     result = StreamResult()
     state = initial_state
     g, state = decoder_step(blank_id, state)  # blank as the start-of-sequence context (blank_as_pad)
-    frame_base = 0
     for index, call in enumerate(calls):
         out = encode(call)
-        if keep_outputs:
-            result.chunk_outputs.append(out)
         enc = np.asarray(out["encoded_output"], np.float32)
         valid = int(np.asarray(out["encoded_length"]).reshape(-1)[0])
         saw_eou = False
@@ -125,11 +116,9 @@ def stream_decode(calls, encode, decoder_step, joint_step, initial_state, *, bla
                     break
                 result.tokens.append(decision.token)
                 result.chunks.append(index)
-                result.frames.append(frame_base + t)
                 result.token_margins.append(float(decision.margin) if decision.margin is not None else np.inf)
                 saw_eou |= decision.token == eou_id
                 g, state = decoder_step(decision.token, state)
-        frame_base += valid
         result.chunk_count = index + 1
         if saw_eou:  # the utterance ended: the next chunk starts a new one from a fresh decoder
             g, state = decoder_step(blank_id, initial_state)
@@ -147,36 +136,36 @@ class Pipeline:
     preprocessor: object = None  # .predict-like, or None for torch
 
 
+def next_caches(outputs: dict, previous: dict) -> dict[str, np.ndarray]:
+    """The caches the next chunk is fed: each ``new_*`` output, in the dtype of the input it replaces."""
+    return {inp: np.asarray(outputs[out], dtype=np.asarray(previous[inp]).dtype) for out, inp in ENCODER_STATE.items()}
+
+
+def torch_encoder(model, variant: str):
+    """The torch streaming encoder of ``variant`` as ``feeds -> outputs`` (by name), like a package's ``predict``."""
+    module = encoder_module(model, variant)
+    return lambda feeds: dict(zip(ENCODER_OUTPUTS, run_module(module, *(feeds[name] for name in ENCODER_INPUTS))))
+
+
 def _carry(encode_raw, initial: dict):
     """``encode_raw(feeds) -> outputs`` wrapped so the caches of each call are the previous call's outputs."""
-    from .modules import ENCODER_STATE
-
     carried = dict(initial)
 
     def encode(call):
         out = encode_raw({**call, **carried})
-        for output, inp in ENCODER_STATE.items():
-            carried[inp] = np.asarray(out[output], dtype=np.asarray(initial[inp]).dtype)
+        carried.update(next_caches(out, carried))
         return out
 
     return encode
 
 
 def _zero_state(model):
-    d = dims(model)
-    zeros = np.zeros((d.pred_layers, 1, d.pred_hidden), np.float32)
-    return zeros, zeros.copy()
+    state = initial_state(dims(model))
+    return state["h_in"], state["c_in"]
 
 
 def torch_pipeline(model, variant: str) -> Pipeline:
-    encoder = encoder_module(model, variant)
     decoder, joint = decoder_module(model), decision_with_margins_module(model)
-    v = chunk_variants(model)[variant]
-
-    def encode_raw(feeds):
-        return dict(zip(("encoded_output", "encoded_length", "new_pre_cache", "new_cache_last_channel",
-                         "new_cache_last_time", "new_cache_last_channel_len"),
-                        run_module(encoder, *(feeds[name] for name in ENCODER_INPUTS))))
 
     def decoder_step(token, state):
         g, h, c = run_module(decoder, *token_call(token).values(), *state)
@@ -186,38 +175,27 @@ def torch_pipeline(model, variant: str) -> Pipeline:
         token_id, _, _, _, margin = run_module(joint, frame, g)
         return Decision(int(token_id.reshape(-1)[0]), float(margin.reshape(-1)[0]))
 
-    return Pipeline(_carry(encode_raw, initial_caches(model, v)), decoder_step, joint_step, _zero_state(model))
+    caches = initial_caches(model, chunk_variants(model)[variant])
+    return Pipeline(_carry(torch_encoder(model, variant), caches), decoder_step, joint_step, _zero_state(model))
 
 
 def package_pipeline(model, variant: str, preprocessor, encoder, decoder, joint_decision_step) -> Pipeline:
     """Converted packages (``.predict(feeds) -> dict``) behind the same calls."""
-    v = chunk_variants(model)[variant]
-
-    def decoder_step(token, state):
-        out = decoder.predict({**token_call(token), "h_in": state[0], "c_in": state[1]})
-        return (np.asarray(out["decoder"], np.float32),
-                (np.asarray(out["h_out"], np.float32), np.asarray(out["c_out"], np.float32)))
-
     def joint_step(frame, g):
         out = joint_decision_step.predict({"encoder": frame, "decoder": g})
         return Decision(int(np.asarray(out["token_id"]).reshape(-1)[0]))
 
-    return Pipeline(_carry(encoder.predict, initial_caches(model, v)), decoder_step, joint_step, _zero_state(model),
+    caches = initial_caches(model, chunk_variants(model)[variant])
+    return Pipeline(_carry(encoder.predict, caches), package_decoder_step(decoder), joint_step, _zero_state(model),
                     preprocessor)
 
 
-def max_symbols_of(model) -> int:
-    greedy = model.cfg.decoding.get("greedy", {}) if model.cfg.get("decoding") else {}
-    return int(greedy.get("max_symbols") or 10)
-
-
-def run_pipeline(model, variant: str, pipeline: Pipeline, clip: np.ndarray, keep_outputs: bool = False):
+def run_pipeline(model, variant: str, pipeline: Pipeline, clip: np.ndarray) -> StreamResult:
     d = dims(model)
     mel = clip_mel(model, clip, pipeline.preprocessor)
     calls = chunk_calls(model, chunk_variants(model)[variant], mel)
     return stream_decode(calls, pipeline.encode, pipeline.decoder_step, pipeline.joint_step, pipeline.initial_state,
-                         blank_id=d.blank_id, eou_id=d.eou_id, max_symbols=max_symbols_of(model),
-                         keep_outputs=keep_outputs)
+                         blank_id=d.blank_id, eou_id=d.eou_id, max_symbols=max_symbols_of(model))
 
 
 # ---- NeMo's own streaming ----------------------------------------------------------------------------------
@@ -225,23 +203,33 @@ def _as_ints(x) -> list[int]:
     return [int(v) for v in (x.tolist() if hasattr(x, "tolist") else list(x))]
 
 
-def nemo_stream(model, variant: str, clip: np.ndarray) -> StreamResult:
-    """NeMo's cache-aware streaming greedy decoding of the clip in ``variant``'s chunks: its buffer
-    (``pad_and_drop_preencoded=True``), ``conformer_stream_step`` with caches and partial hypotheses carried, and
-    the app's reset after an ``<EOU>`` chunk. Tokens, with the chunk each was emitted in."""
+@contextlib.contextmanager
+def _nemo_streaming(model, variant: str, clip: np.ndarray):
+    """NeMo's streaming set-up for ``variant``: the model's encoder swapped for a copy with the variant's streaming
+    parameters (restored on exit), and NeMo's buffer (``pad_and_drop_preencoded=True``) holding the clip's mel.
+    Yields (encoder, buffer)."""
     from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
 
-    d, v = dims(model), chunk_variants(model)[variant]
     original = model.encoder
-    model.encoder = streaming_encoder(original, v.encoder_frames)
-    result = StreamResult()
+    model.encoder = streaming_encoder(original, chunk_variants(model)[variant].encoder_frames)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             buffer = CacheAwareStreamingAudioBuffer(model=model, pad_and_drop_preencoded=True)
-        mel = torch.from_numpy(clip_mel(model, clip))
-        buffer.append_processed_signal(mel)
-        channel, time_, channel_len = model.encoder.get_initial_cache_state(batch_size=1)
+        buffer.append_processed_signal(torch.from_numpy(clip_mel(model, clip)))
+        yield model.encoder, buffer
+    finally:
+        model.encoder = original
+
+
+def nemo_stream(model, variant: str, clip: np.ndarray) -> StreamResult:
+    """NeMo's cache-aware streaming greedy decoding of the clip in ``variant``'s chunks: its buffer,
+    ``conformer_stream_step`` with caches and partial hypotheses carried, and the app's reset after an ``<EOU>``
+    chunk. Tokens, with the chunk each was emitted in."""
+    d = dims(model)
+    result = StreamResult()
+    with _nemo_streaming(model, variant, clip) as (encoder, buffer):
+        channel, time_, channel_len = encoder.get_initial_cache_state(batch_size=1)
         previous, seen = None, 0  # NeMo extends the partial hypothesis in place: count what was seen
         for index, (chunk, lengths) in enumerate(buffer):
             with torch.no_grad():
@@ -249,11 +237,9 @@ def nemo_stream(model, variant: str, clip: np.ndarray) -> StreamResult:
                     processed_signal=chunk, processed_signal_length=lengths, cache_last_channel=channel,
                     cache_last_time=time_, cache_last_channel_len=channel_len,
                     keep_all_outputs=buffer.is_buffer_empty(), previous_hypotheses=previous,
-                    drop_extra_pre_encoded=model.encoder.streaming_cfg.drop_extra_pre_encoded,
-                    return_transcription=True)
+                    drop_extra_pre_encoded=encoder.streaming_cfg.drop_extra_pre_encoded, return_transcription=True)
             _, hyps, channel, time_, channel_len = out[:5]
-            hyp = hyps[0]
-            sequence = _as_ints(hyp.y_sequence)
+            sequence = _as_ints(hyps[0].y_sequence)
             new = sequence[seen:]
             result.tokens += new
             result.chunks += [index] * len(new)
@@ -262,36 +248,23 @@ def nemo_stream(model, variant: str, clip: np.ndarray) -> StreamResult:
                 previous, seen = None, 0
             else:
                 previous, seen = hyps, len(sequence)
-    finally:
-        model.encoder = original
     return result
 
 
 def nemo_encoder_stream(model, variant: str, clip: np.ndarray) -> np.ndarray:
-    """NeMo's own ``cache_aware_stream_step`` over the clip in ``variant``'s chunks (its buffer with
-    ``pad_and_drop_preencoded=True``, its caches carried): the valid encoder frames of every chunk, [1, D, T]."""
-    from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
-
-    v = chunk_variants(model)[variant]
-    encoder = streaming_encoder(model.encoder, v.encoder_frames)
-    original = model.encoder
-    model.encoder = encoder  # the buffer reads the model's encoder settings
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            buffer = CacheAwareStreamingAudioBuffer(model=model, pad_and_drop_preencoded=True)
-    finally:
-        model.encoder = original
-    buffer.append_processed_signal(torch.from_numpy(clip_mel(model, clip)))
-    channel, time_, channel_len = encoder.get_initial_cache_state(batch_size=1)
+    """NeMo's own ``cache_aware_stream_step`` over the clip in ``variant``'s chunks (its buffer, its caches
+    carried): the valid encoder frames of every chunk, [1, D, T]."""
     pieces = []
-    for chunk, lengths in buffer:
-        with torch.no_grad():
-            encoded, length, channel, time_, channel_len = encoder.cache_aware_stream_step(
-                processed_signal=chunk, processed_signal_length=lengths, cache_last_channel=channel,
-                cache_last_time=time_, cache_last_channel_len=channel_len, keep_all_outputs=buffer.is_buffer_empty(),
-                drop_extra_pre_encoded=encoder.streaming_cfg.drop_extra_pre_encoded)
-        pieces.append(encoded[:, :, :int(length[0])].numpy())
+    with _nemo_streaming(model, variant, clip) as (encoder, buffer):
+        channel, time_, channel_len = encoder.get_initial_cache_state(batch_size=1)
+        for chunk, lengths in buffer:
+            with torch.no_grad():
+                encoded, length, channel, time_, channel_len = encoder.cache_aware_stream_step(
+                    processed_signal=chunk, processed_signal_length=lengths, cache_last_channel=channel,
+                    cache_last_time=time_, cache_last_channel_len=channel_len,
+                    keep_all_outputs=buffer.is_buffer_empty(),
+                    drop_extra_pre_encoded=encoder.streaming_cfg.drop_extra_pre_encoded)
+            pieces.append(encoded[:, :, :int(length[0])].numpy())
     return np.concatenate(pieces, axis=-1)
 
 

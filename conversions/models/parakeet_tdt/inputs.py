@@ -36,16 +36,21 @@ def token_call(token: int) -> dict[str, np.ndarray]:
     return {"targets": np.array([[token]], np.int32), "target_length": np.array([1], np.int32)}
 
 
-def decoder_stream(model, tokens) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    """The torch decoder's output ``[1, H, 1]`` after each token of ``tokens`` (state carried from zero), and the
-    state after the last one."""
-    d, module = dims(model), decoder_module(model)
-    state, outputs = initial_state(d), []
+def step_decoder(module: nn.Module, tokens, state: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict]:
+    """A decoder-step module's output ``[1, H, 1]`` after each token of ``tokens`` (``state`` carried), and the state
+    after the last one. Shared by the Parakeet families."""
+    outputs = []
     for token in tokens:
         g, h, c = run_module(module, *token_call(token).values(), state["h_in"], state["c_in"])
         state = {"h_in": h, "c_in": c}
         outputs.append(g)
     return outputs, state
+
+
+def decoder_stream(model, tokens) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """The torch decoder's output ``[1, H, 1]`` after each token of ``tokens`` (state carried from zero), and the
+    state after the last one."""
+    return step_decoder(decoder_module(model), tokens, initial_state(dims(model)))
 
 
 # Text the decoder is fed token by token (a real sentence through the model's own tokenizer, as during decoding:
@@ -54,12 +59,17 @@ DECODER_TEXT = ("good morning everyone thank you for coming today we will talk a
                 "the encoder turns mel frames into features and the decoder predicts the next token")
 
 
+def text_tokens(model, text: str, blank_id: int, limit: int = 96) -> list[int]:
+    """Blank, then ``text`` through the model's tokenizer (at most ``limit`` ids in all); every id must be a token
+    of the joint (below ``blank_id``). Shared by the Parakeet families."""
+    ids = [int(i) for i in model.tokenizer.text_to_ids(text)][: limit - 1]
+    if not ids or max(ids) >= blank_id:
+        raise ValueError(f"the tokenizer gave ids {ids[:8]}... outside the joint's {blank_id} tokens")
+    return [blank_id] + ids
+
+
 def decoder_tokens(model, limit: int = 96) -> list[int]:
-    d = dims(model)
-    ids = [int(i) for i in model.tokenizer.text_to_ids(DECODER_TEXT)][: limit - 1]
-    if not ids or max(ids) >= d.vocab_size:
-        raise ValueError(f"the tokenizer gave ids {ids[:8]}... outside the joint's {d.vocab_size} tokens")
-    return [d.blank_id] + ids
+    return text_tokens(model, DECODER_TEXT, dims(model).blank_id, limit)
 
 
 # Decoder states at which the joint is evaluated over every encoder frame: the start (after blank), early, and

@@ -48,17 +48,24 @@ def package_pipeline(model, mel_encoder, decoder, joint_decision_step) -> Pipeli
         out = mel_encoder.predict(call)
         return np.asarray(out["encoder"], np.float32), np.asarray(out["encoder_length"])
 
-    def decoder_step(token, state):
-        out = decoder.predict({**token_call(token), "h_in": state[0], "c_in": state[1]})
-        return (np.asarray(out["decoder"], np.float32),
-                (np.asarray(out["h_out"], np.float32), np.asarray(out["c_out"], np.float32)))
-
     def joint_step(enc, g):
         out = joint_decision_step.predict({"encoder": enc, "decoder": g})
         return Decision(int(np.asarray(out["token_id"]).reshape(-1)[0]), int(np.asarray(out["duration"]).reshape(-1)[0]))
 
     state = initial_state(d)
-    return Pipeline(encode, decoder_step, joint_step, (state["h_in"], state["c_in"]))
+    return Pipeline(encode, package_decoder_step(decoder), joint_step, (state["h_in"], state["c_in"]))
+
+
+def package_decoder_step(decoder):
+    """A converted decoder step (``.predict``) as ``(token, (h, c)) -> (decoder [1, H, 1], (h, c))``, the outputs as
+    float32 the way a host carries them. Shared by the Parakeet families."""
+
+    def decoder_step(token, state):
+        out = decoder.predict({**token_call(token), "h_in": state[0], "c_in": state[1]})
+        return (np.asarray(out["decoder"], np.float32),
+                (np.asarray(out["h_out"], np.float32), np.asarray(out["c_out"], np.float32)))
+
+    return decoder_step
 
 
 def max_symbols_of(model) -> int:
@@ -94,7 +101,8 @@ def nemo_transcribe(model, call: dict) -> tuple[list[int], list[int], list[int]]
 PIPELINE_COMPONENTS = ("mel-encoder", "decoder", "joint-decision-step")
 
 
-def _first_difference(ours: list[int], theirs: list[int]) -> int | None:
+def first_difference(ours: list, theirs: list) -> int | None:
+    """The first index where two sequences differ (the shorter one's length if one extends the other), or None."""
     for i, (a, b) in enumerate(zip(ours, theirs)):
         if a != b:
             return i
@@ -106,9 +114,9 @@ def describe_difference(model, label, result, tokens, frames, reference=None) ->
     the numerical error means a near-tie; above it, a conversion bug)."""
     from .bounds import DECISION_MARGIN
 
-    i = _first_difference(result.tokens, tokens)
+    i = first_difference(result.tokens, tokens)
     if i is None:
-        i = _first_difference(result.frames, frames)
+        i = first_difference(result.frames, frames)
     lines = [f"{label}: transcript differs from NeMo's greedy TDT decoding",
              f"  NeMo  ({len(tokens)} tokens): {tokens}  {model.tokenizer.ids_to_text(tokens)!r}",
              f"  ours  ({len(result.tokens)} tokens): {result.tokens}  {model.tokenizer.ids_to_text(result.tokens)!r}"]
