@@ -388,3 +388,282 @@ def vad_metrics(reference_probs, candidate_probs, threshold: float = 0.5, *, iou
         "reference_segments": len(ref_segments),
         "candidate_segments": len(cand_segments),
     }
+
+
+# ---------------------------------------------------------------------------------------------------- TTS metrics
+#
+# Text-to-speech parity (Kokoro-82M writes 24 kHz audio) compares the two waveforms themselves and what a listener
+# hears of them: their log-mel spectrograms and their STFT magnitudes at several resolutions. Unlike the tensor
+# metrics, these refuse NaN or infinite audio outright (a ValueError naming the argument), since a spectrogram of
+# a broken waveform has no meaning to compare.
+
+TTS_SAMPLE_RATE = 24000
+"""Kokoro-82M's output sample rate, the default of the TTS metrics."""
+
+MRSTFT_RESOLUTIONS = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
+"""``(n_fft, hop, win_length)`` of each STFT in ``multi_resolution_stft_distance`` (Parallel WaveGAN's usual three
+at 24 kHz: about 21, 43 and 85 ms windows)."""
+
+MRSTFT_FLOOR = 1e-7
+"""Magnitude floor inside the log term of ``multi_resolution_stft_distance``: ``log(max(|S|, 1e-7))``."""
+
+
+def _waveform(name: str, value) -> np.ndarray:
+    """A waveform as 1-D float64: any shape with at most one dimension longer than 1 (``[1, n]``, ``[n, 1]``...),
+    non-empty and finite."""
+    audio = _as_float_array(name, value)
+    if audio.ndim == 0 or sum(size != 1 for size in audio.shape) > 1:
+        raise ValueError(f"{name} must be a 1-D waveform (or squeezable to 1-D), got shape {audio.shape}")
+    audio = audio.reshape(-1)
+    if audio.size == 0:
+        raise ValueError(f"{name} is empty; there is no audio to compare")
+    bad = np.flatnonzero(~np.isfinite(audio))
+    if bad.size:
+        raise ValueError(f"{name} has a non-finite sample ({audio[bad[0]]}) at index {int(bad[0])} "
+                         f"({bad.size} non-finite samples)")
+    return audio
+
+
+def _waveform_pair(reference, candidate, names=("reference", "candidate")) -> tuple[np.ndarray, np.ndarray]:
+    ref = _waveform(names[0], reference)
+    cand = _waveform(names[1], candidate)
+    if ref.size != cand.size:
+        raise ValueError(f"{names[0]} has {ref.size} samples but {names[1]} has {cand.size}; they must match")
+    return ref, cand
+
+
+def _hann(length: int) -> np.ndarray:
+    """Periodic Hann window (the DFT-even one ``torch.hann_window`` and ``scipy.signal.get_window`` return)."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
+
+
+def _stft_magnitude(audio: np.ndarray, n_fft: int, hop: int, win_length: int) -> np.ndarray:
+    """``|STFT|`` as ``[n_fft // 2 + 1, frames]``: centred frames (``n_fft // 2`` reflect padding each side, so
+    ``1 + len // hop`` frames for an even ``n_fft``), a periodic Hann window of ``win_length`` zero-padded in the
+    middle of ``n_fft``."""
+    pad = n_fft // 2
+    padded = np.pad(audio, pad, mode="reflect")  # numpy reflects repeatedly when the audio is shorter than pad
+    window = np.zeros(n_fft)
+    offset = (n_fft - win_length) // 2
+    window[offset:offset + win_length] = _hann(win_length)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    return np.abs(np.fft.rfft(frames * window, axis=1)).T
+
+
+def _hz_to_mel(hz):
+    """Slaney's mel scale (the Auditory Toolbox's, librosa's default): linear at 3 mels per 200 Hz below 1 kHz,
+    logarithmic above, 27 mels per factor 6.4 in frequency."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz * 3.0 / 200.0
+    with np.errstate(divide="ignore"):
+        logarithmic = 15.0 + np.log(np.maximum(hz, 1e-300) / 1000.0) * 27.0 / math.log(6.4)
+    return np.where(hz >= 1000.0, logarithmic, linear)
+
+
+def _mel_to_hz(mel):
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((mel - 15.0) * math.log(6.4) / 27.0), mel * 200.0 / 3.0)
+
+
+def _mel_settings(sample_rate, n_fft, n_mels, fmin, fmax) -> tuple[int, int, int, float, float]:
+    sample_rate = _count("sample_rate", sample_rate)
+    n_fft = _count("n_fft", n_fft)
+    n_mels = _count("n_mels", n_mels)
+    nyquist = sample_rate / 2.0
+    fmin = _real("fmin", fmin, minimum=0.0)
+    fmax = nyquist if fmax is None else _real("fmax", fmax, maximum=nyquist)
+    if not fmax > fmin:
+        raise ValueError(f"fmax must be > fmin, got fmin={fmin}, fmax={fmax}")
+    return sample_rate, n_fft, n_mels, fmin, fmax
+
+
+def mel_filterbank(sample_rate: int = TTS_SAMPLE_RATE, n_fft: int = 1024, n_mels: int = 80, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
+    """Slaney-style mel filterbank, ``[n_mels, n_fft // 2 + 1]`` float64 weights for the rfft bins.
+
+    ``n_mels + 2`` edge frequencies equally spaced on Slaney's mel scale (``_hz_to_mel``) from ``fmin`` to ``fmax``
+    (default: Nyquist); filter ``m`` is the triangle rising from edge ``m`` to 1 at edge ``m + 1`` and falling to 0
+    at edge ``m + 2``, sampled at the bin frequencies ``k * sample_rate / n_fft``. Each triangle is then scaled by
+    ``2 / (edge[m + 2] - edge[m])`` (Slaney area normalisation): every filter has unit area in Hz, so a row sums to
+    about ``n_fft / sample_rate`` (exactly so for a filter many bins wide), and a row peaks at
+    ``2 / (edge[m + 2] - edge[m])`` when a bin falls on its centre. The same weights as
+    ``librosa.filters.mel(htk=False, norm="slaney")``, the filterbank HiFi-GAN-style vocoders are trained with.
+    """
+    sample_rate, n_fft, n_mels, fmin, fmax = _mel_settings(sample_rate, n_fft, n_mels, fmin, fmax)
+    return _mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+
+
+def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    bins = np.arange(n_fft // 2 + 1) * (sample_rate / n_fft)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins - lower) / (centre - lower)
+    falling = (upper - bins) / (upper - centre)
+    triangles = np.maximum(0.0, np.minimum(rising, falling))
+    return triangles * (2.0 / (upper - lower))
+
+
+def _log_mel(audio: np.ndarray, n_fft: int, hop: int, filterbank: np.ndarray, floor: float) -> np.ndarray:
+    magnitude = _stft_magnitude(audio, n_fft, hop, n_fft)
+    return np.log(np.maximum(filterbank @ magnitude, floor))
+
+
+def log_mel_spectrogram(audio, sample_rate: int = TTS_SAMPLE_RATE, n_fft: int = 1024, hop: int = 256,
+                        n_mels: int = 80, fmin: float = 0.0, fmax: float | None = None,
+                        floor: float = 1e-5) -> np.ndarray:
+    """Log-mel spectrogram ``[n_mels, 1 + len(audio) // hop]`` (float64; that frame count for an even ``n_fft``) of
+    a 1-D waveform.
+
+    Frames of ``n_fft`` samples every ``hop``, centred (``n_fft // 2`` samples of reflect padding at each end), a
+    periodic Hann window of ``n_fft``; the STFT *magnitude* ``|X|`` (not power) goes through ``mel_filterbank``
+    (Slaney mel scale and area normalisation), and the result is ``ln(max(mel, floor))``: natural log, with
+    ``floor`` (1e-5, HiFi-GAN's, about -11.5) standing for silence. ``audio`` may be any shape squeezable to 1-D;
+    it must be non-empty and finite.
+    """
+    audio = _waveform("audio", audio)
+    sample_rate, n_fft, n_mels, fmin, fmax = _mel_settings(sample_rate, n_fft, n_mels, fmin, fmax)
+    hop = _count("hop", hop)
+    floor = _real("floor", floor, minimum=0.0, exclusive=True)
+    return _log_mel(audio, n_fft, hop, _mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax), floor)
+
+
+def _unit_scaled(values: np.ndarray) -> np.ndarray:
+    largest = float(np.max(np.abs(values)))
+    return values / largest if largest > 0 else values
+
+
+def _pearson(ref: np.ndarray, cand: np.ndarray) -> float:
+    ref_constant = bool(ref.max() == ref.min())
+    cand_constant = bool(cand.max() == cand.min())
+    if ref_constant or cand_constant:
+        return 1.0 if ref_constant and cand_constant and np.array_equal(ref, cand) else 0.0
+    # scaled to at most 1 in magnitude so no sum can overflow; for identical inputs dot(a, a) / sqrt(dot(a, a)**2)
+    # is exactly 1 (IEEE sqrt of a correctly rounded square returns the number)
+    a = _unit_scaled(ref - ref.mean())
+    b = _unit_scaled(cand - cand.mean())
+    value = float(np.dot(a, b)) / math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+    return min(1.0, max(-1.0, value))
+
+
+def waveform_correlation(reference, candidate) -> float:
+    """Pearson correlation of the two waveforms, sample by sample, in ``[-1, 1]`` (1.0 = identical up to gain and
+    DC offset).
+
+    Gain-invariant (a copy at half the level still scores 1.0: ``mel_psnr_db`` and the MR-STFT figures see
+    level), and phase-sensitive: a delay of a fraction of a period, or a vocoder whose noise source draws
+    differently, lowers it even when the two sound the same. When either waveform is constant the Pearson
+    coefficient is undefined: it is defined here as 1.0 if the two are exactly equal (a perfect copy of silence)
+    and 0.0 otherwise (no linear relation to measure); it never raises for that. The waveforms must have the same
+    number of samples.
+    """
+    return _pearson(*_waveform_pair(reference, candidate))
+
+
+def _log_mel_pair(ref: np.ndarray, cand: np.ndarray, sample_rate) -> tuple[np.ndarray, np.ndarray]:
+    sample_rate, n_fft, n_mels, fmin, fmax = _mel_settings(sample_rate, 1024, 80, 0.0, None)
+    filterbank = _mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    return _log_mel(ref, n_fft, 256, filterbank, 1e-5), _log_mel(cand, n_fft, 256, filterbank, 1e-5)
+
+
+def mel_correlation(reference, candidate, sample_rate: int = TTS_SAMPLE_RATE) -> float:
+    """Pearson correlation of the two ``log_mel_spectrogram``\\ s (default settings), flattened, in ``[-1, 1]``.
+
+    Insensitive to phase, so it measures whether the two sound alike rather than whether the samples match. The
+    constant case follows ``waveform_correlation`` (two all-silent waveforms give 1.0 if identical).
+    """
+    return _pearson(*(m.reshape(-1) for m in _log_mel_pair(*_waveform_pair(reference, candidate), sample_rate)))
+
+
+def _mel_psnr(ref_mel: np.ndarray, cand_mel: np.ndarray) -> float:
+    ref, cand = ref_mel.reshape(-1), cand_mel.reshape(-1)
+    if np.array_equal(ref, cand):
+        return math.inf
+    peak = float(ref.max() - ref.min())
+    if peak == 0:
+        return -math.inf
+    return _psnr(ref, cand, peak)
+
+
+def mel_psnr_db(reference, candidate, sample_rate: int = TTS_SAMPLE_RATE) -> float:
+    """PSNR in dB of the candidate's ``log_mel_spectrogram`` against the reference's: ``20 * log10(peak / rmse)``.
+
+    ``peak`` is the reference log-mel's range ``max - min`` (its dynamic range in nepers), not ``psnr``'s default
+    ``max |reference|``: log-mel values are mostly negative and their largest magnitude is usually the silence
+    floor ``ln(1e-5)``, an arbitrary constant, while the range is what the spectrogram actually spans and does not
+    move when the level changes. Like ``psnr``, identical spectrograms give ``inf`` (no finite cap), and a
+    constant reference log-mel (all silence) with any error gives ``-inf``.
+    """
+    ref, cand = _waveform_pair(reference, candidate)
+    return _mel_psnr(*_log_mel_pair(ref, cand, sample_rate))
+
+
+def _resolutions(resolutions) -> tuple[tuple[int, int, int], ...]:
+    try:
+        triples = [tuple(r) for r in resolutions]
+    except TypeError:
+        raise ValueError(f"resolutions must be (n_fft, hop, win_length) triples, got {resolutions!r}") from None
+    if not triples:
+        raise ValueError("resolutions is empty; give at least one (n_fft, hop, win_length)")
+    checked = []
+    for i, triple in enumerate(triples):
+        if len(triple) != 3:
+            raise ValueError(f"resolutions[{i}] must be (n_fft, hop, win_length), got {triple!r}")
+        n_fft, hop, win_length = (_count(f"resolutions[{i}].{name}", v)
+                                  for name, v in zip(("n_fft", "hop", "win_length"), triple))
+        if win_length > n_fft:
+            raise ValueError(f"resolutions[{i}].win_length must be <= n_fft, got {win_length} > {n_fft}")
+        checked.append((n_fft, hop, win_length))
+    return tuple(checked)
+
+
+def _mrstft(ref: np.ndarray, cand: np.ndarray, resolutions) -> float:
+    total = 0.0
+    for n_fft, hop, win_length in resolutions:
+        ref_mag = _stft_magnitude(ref, n_fft, hop, win_length)
+        cand_mag = _stft_magnitude(cand, n_fft, hop, win_length)
+        error, scale = _l2(ref_mag - cand_mag), _l2(ref_mag)
+        convergence = error / scale if scale > 0 else (0.0 if error == 0 else math.inf)
+        log_distance = float(np.mean(np.abs(np.log(np.maximum(ref_mag, MRSTFT_FLOOR))
+                                            - np.log(np.maximum(cand_mag, MRSTFT_FLOOR)))))
+        total += convergence + log_distance
+    return total / len(resolutions)
+
+
+def multi_resolution_stft_distance(reference, candidate, resolutions=MRSTFT_RESOLUTIONS) -> float:
+    """Multi-resolution STFT distance (Parallel WaveGAN's MR-STFT loss), >= 0, lower is better, 0 for identical
+    waveforms.
+
+    For each ``(n_fft, hop, win_length)`` in ``resolutions``, with ``R = |STFT(reference)|`` and
+    ``C = |STFT(candidate)|`` (centred, reflect-padded, periodic Hann of ``win_length`` inside ``n_fft``, as
+    ``log_mel_spectrogram`` frames): spectral convergence ``||R - C||_F / ||R||_F`` plus log-magnitude distance
+    ``mean |ln max(R, 1e-7) - ln max(C, 1e-7)|`` (``MRSTFT_FLOOR``). The result is the mean of that sum over
+    the resolutions. A silent reference (``||R||_F = 0``) makes spectral convergence 0 if the candidate is
+    silent too, else ``inf``.
+    """
+    resolutions = _resolutions(resolutions)
+    return _mrstft(*_waveform_pair(reference, candidate), resolutions)
+
+
+def tts_metrics(reference_audio, candidate_audio, sample_rate: int = TTS_SAMPLE_RATE) -> dict:
+    """TTS task metrics of two waveforms as plain Python floats, every score higher-is-better:
+
+    - ``waveform_correlation``, ``mel_correlation``: as the functions of those names, 1.0 at best;
+    - ``mel_psnr_db``: as ``mel_psnr_db``, ``inf`` for identical spectrograms;
+    - ``mrstft_similarity``: ``1 / (1 + mrstft_distance)``, in ``(0, 1]``, 1.0 for identical waveforms, 0.5 at
+      distance 1 (0.0 for an infinite distance);
+    - ``mrstft_distance``: ``multi_resolution_stft_distance`` at ``MRSTFT_RESOLUTIONS``, lower is better
+      (informational; gate on the similarity).
+
+    The waveforms must be 1-D (or squeezable), non-empty, finite and of the same length; errors name
+    ``reference_audio`` or ``candidate_audio``.
+    """
+    ref, cand = _waveform_pair(reference_audio, candidate_audio, ("reference_audio", "candidate_audio"))
+    ref_mel, cand_mel = _log_mel_pair(ref, cand, sample_rate)
+    distance = _mrstft(ref, cand, MRSTFT_RESOLUTIONS)
+    return {
+        "waveform_correlation": _pearson(ref, cand),
+        "mel_correlation": _pearson(ref_mel.reshape(-1), cand_mel.reshape(-1)),
+        "mel_psnr_db": _mel_psnr(ref_mel, cand_mel),
+        "mrstft_similarity": 1.0 / (1.0 + distance),
+        "mrstft_distance": distance,
+    }

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -268,6 +267,8 @@ def parakeet_eou_components(seed: int = SEED, modules=None) -> list[Component]:
 
 
 # ---- hexgrad kokoro: Kokoro-82M (scaled down where the code allows) ---------------------------------------------
+# The glue shared with the Kokoro family's stages (conversions/models/kokoro/modules.py, where each trap is named).
+from conversions.models.kokoro.modules import adain_res_blk, albert_mask, alignment_from_durations  # noqa: E402
 
 KOKORO_CONFIG = {
     # Decoder hard-codes 1024 internal channels and a Conv1d(512, 64) on the text features, and the generator's
@@ -309,13 +310,6 @@ def _lstm_full_length(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def albert_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B,T] 0/1 padding mask -> the prepared [B,1,1,T] boolean mask (True = attend) that transformers passes on.
-
-    transformers 5 builds the 4D mask itself from a 2D one (``create_bidirectional_mask``) through
-    ``Tensor.new_ones``, which coremltools 9.0 cannot convert; a 4D mask is taken as already prepared.
-    """
-    return attention_mask.to(torch.bool)[:, None, None, :]
 
 
 class KokoroAlbert(nn.Module):
@@ -386,13 +380,6 @@ class KokoroDuration(nn.Module):
         return pred_dur.to(torch.int32), d
 
 
-def adain_res_blk(block, x, s):
-    """``AdainResBlk1d.forward`` with the 1/sqrt(2) as a float constant.
-
-    kokoro writes ``torch.rsqrt(torch.tensor(2))``: an int64 tensor, which coremltools turns into an int32
-    const fed to ``rsqrt`` ("expects ... fp16, fp32 but got tensor[int32]").
-    """
-    return (block._residual(x, s) + block._shortcut(x)) * (1.0 / math.sqrt(2.0))
 
 
 def f0n(predictor, x, s):
@@ -407,15 +394,6 @@ def f0n(predictor, x, s):
     return predictor.F0_proj(f0).squeeze(1), predictor.N_proj(n).squeeze(1)
 
 
-def alignment_from_durations(pred_dur: torch.Tensor, frames: int) -> torch.Tensor:
-    """[1,T] durations -> [1,T,frames] 0/1 alignment, token t covering frames [cumsum_{t-1}, cumsum_t).
-
-    The in-graph replacement of kokoro's ``repeat_interleave`` + index assignment, cut to a fixed frame count.
-    """
-    ends = torch.cumsum(pred_dur, dim=-1)
-    starts = ends - pred_dur
-    frame = torch.arange(frames).view(1, 1, frames)
-    return ((frame >= starts.unsqueeze(-1)) & (frame < ends.unsqueeze(-1))).to(torch.float32)
 
 
 class KokoroProsody(nn.Module):

@@ -178,9 +178,30 @@ def diagnose_fp16(package, feeds: Feeds, limit: int = 5) -> str:
     from .runtime import load_model
     from .runtime.mil import compare_traces
 
-    fp32 = load_model(package, backend="mil", precision="fp32").trace(feeds)
+    fp32_model = load_model(package, backend="mil", precision="fp32")
+    needed = 2 * trace_bytes(fp32_model)
+    if needed > DIAGNOSIS_MEMORY_BYTES:
+        return (f"(trace diagnosis skipped: two traces of this program hold every intermediate, ~{needed / 1e9:.1f} GB "
+                f"> {DIAGNOSIS_MEMORY_BYTES / 1e9:.0f} GB; diagnose a smaller component of the same model)")
+    fp32 = fp32_model.trace(feeds)
     fp16 = load_model(package, backend="mil", precision="fp16").trace(feeds)
     return compare_traces(fp32, fp16).summary(limit)
+
+
+# A trace keeps every intermediate value: the diagnosis runs only where two traces fit in this much memory (a
+# 15 s Kokoro bucket's would take tens of GB; its stages are diagnosed instead).
+DIAGNOSIS_MEMORY_BYTES = 4e9
+
+
+def trace_bytes(model) -> int:
+    """Bytes of every op output of a loaded portable-runtime program, as float32 (the size of one trace)."""
+    total = 0
+    for op in model.function.operations:
+        for out in op.outputs:
+            shape = getattr(out.type, "shape", None) or ()
+            if all(isinstance(d, (int, np.integer)) for d in shape):
+                total += 4 * int(np.prod(shape, dtype=np.int64))
+    return total
 
 
 def failure_message(label: str, checks: Sequence[OutputCheck], task_failures: Sequence[str] = (),

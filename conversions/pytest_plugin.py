@@ -30,6 +30,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,15 +201,15 @@ def pytest_generate_tests(metafunc):
         from .quantize import STRATEGIES
 
         fp16 = [v for v in variants if v.program_precision == "fp16"]
-        cases = [(ParityCase(f, c, v), s) for f in families for c in f.swept_components for s in STRATEGIES
-                 for v in fp16]
+        cases = [(ParityCase(f, c, v), s) for f in families for c in f.swept_components
+                 for s in f.sweep_strategies(tuple(STRATEGIES)) for v in fp16]
         parametrize("quantization_case",
                     [pytest.param(cs, marks=_inapplicable_marks(cs[0].family, cs[0].component, cs[1])) for cs in cases],
                     [f"{case.family.name}/{case.component.name}/{s}/{case.variant.id}" for case, s in cases])
     if "compression_case" in metafunc.fixturenames:
         from .quantize import STRATEGIES
 
-        triples = [(f, c, s) for f in families for c in f.swept_components for s in STRATEGIES]
+        triples = [(f, c, s) for f in families for c in f.swept_components for s in f.sweep_strategies(tuple(STRATEGIES))]
         parametrize("compression_case", [pytest.param(t, marks=_inapplicable_marks(*t)) for t in triples],
                     [f"{f.name}/{c.name}/{s}" for f, c, s in triples])
     if "pipeline_case" in metafunc.fixturenames:
@@ -379,7 +380,8 @@ class ParitySession:
         return self._once(("torch-stream", family.name, component.name), build)
 
     def record(self, request, case: ParityCase, kind: str, checks, *, calls: int, task=None, task_bounds=None,
-               failure: str | None = None, started: float, series: dict | None = None) -> None:
+               failure: str | None = None, started: float, series: dict | None = None,
+               waveforms: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         """Hand one result to the report."""
         from .export import DEFAULT_TARGET
         from .report import write_record
@@ -405,7 +407,29 @@ class ParitySession:
         }
         if series:
             record["series"] = series
+        if waveforms:
+            record["waveforms"] = self._save_waveforms(request, case, waveforms)
         write_record(self.records_dir, record)
+
+    def _save_waveforms(self, request, case: ParityCase, waveforms) -> dict:
+        """The audio outputs of a clip stream (output -> (reference, candidate), [calls, ...]) saved beside the records
+        for the report to write as WAV files and plot (``report._write_audio``)."""
+        from .files import atomic_path
+        from .report import _slug
+
+        arrays = {}
+        for output, (reference, candidate) in waveforms.items():
+            for call, (r, c) in enumerate(zip(np.asarray(reference), np.asarray(candidate))):
+                arrays[f"{output}/reference/{call}"] = np.asarray(r, np.float32).reshape(-1)
+                arrays[f"{output}/candidate/{call}"] = np.asarray(c, np.float32).reshape(-1)
+        path = self.records_dir / "waveforms" / f"{_slug(request.node.nodeid)}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        rates = {case.component.audio_outputs[o] for o in waveforms}
+        if len(rates) != 1:
+            raise ValueError(f"{case.id}: audio outputs with different sample rates {sorted(rates)}")
+        return {"file": str(path), "sample_rate": rates.pop()}
 
 
 def _stamped(mlmodel, family, component):

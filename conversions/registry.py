@@ -46,7 +46,8 @@ from typing import Any, Protocol
 import numpy as np
 
 # One line per built-in model family: a module (or package) exposing ``FAMILY: ModelFamily``.
-FAMILY_MODULES = ("conversions.models.silero_vad", "conversions.models.parakeet_tdt", "conversions.models.parakeet_eou")
+FAMILY_MODULES = ("conversions.models.silero_vad", "conversions.models.parakeet_tdt", "conversions.models.parakeet_eou",
+                  "conversions.models.kokoro")
 EXTRA_FAMILIES_ENV = "COREML_PARITY_FAMILY_MODULES"  # more family modules, comma-separated
 PRECISIONS = ("fp16", "fp32")  # program compute precisions every component is exported and checked in
 
@@ -239,6 +240,12 @@ class Component:
     # What the exported program computes in, per requested precision, where it is not the request itself (a fp16
     # export keeping some ops fp32 is "mixed"; one keeping all of them, "fp32").
     program_precision: Mapping[str, str] = field(default_factory=dict)
+    # At most this many hypothesis-generated cases per test_parity_random (None: the profile's max_examples), for
+    # components whose one call costs seconds (a whole TTS model); the clip stream is unaffected.
+    random_examples: int | None = None
+    # Outputs that are audio (name -> sample rate): the report writes the streamed clip's reference and converted
+    # waveforms of each call as WAV files a person can listen to, with waveform and log-mel spectrogram plots.
+    audio_outputs: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         owner = f"component {self.name!r}"
@@ -256,6 +263,11 @@ class Component:
                              f"got {self.audio_ms_per_call!r}")
         if self.upstream is not None and self.upstream_atol is None:
             raise ValueError(f"{owner}: an upstream check needs upstream_atol")
+        unknown_audio = set(self.audio_outputs) - set(self.outputs)
+        if unknown_audio:
+            raise ValueError(f"{owner}: audio_outputs names unknown outputs {sorted(unknown_audio)}")
+        if self.random_examples is not None and not (isinstance(self.random_examples, int) and self.random_examples > 0):
+            raise ValueError(f"{owner}: random_examples must be a positive int or None, got {self.random_examples!r}")
 
     @property
     def reference_outputs(self) -> tuple[str, ...]:
@@ -308,6 +320,9 @@ class ModelFamily:
     # extra installs them.
     requires: tuple[str, ...] = ()
     install_hint: str = ""
+    # The compression strategies its components are swept with (names in conversions.quantize.STRATEGIES; None:
+    # every strategy). For a model whose every compression costs minutes, the ones it ships.
+    strategies: tuple[str, ...] | None = None
 
     def __post_init__(self):
         owner = f"model family {self.name!r}"
@@ -359,6 +374,16 @@ class ModelFamily:
     @property
     def swept_components(self) -> tuple[Component, ...]:
         return tuple(c for c in self.components if c.sweep)
+
+    def sweep_strategies(self, available: Sequence[str]) -> tuple[str, ...]:
+        """The strategies of ``available`` this family is swept with (its ``strategies``, in their order)."""
+        if self.strategies is None:
+            return tuple(available)
+        unknown = [s for s in self.strategies if s not in available]
+        if unknown:
+            raise ValueError(f"model family {self.name!r}: strategies {unknown} are not known (known: "
+                             f"{list(available)})")
+        return tuple(self.strategies)
 
     def component(self, name: str) -> Component:
         for c in self.components:
@@ -457,7 +482,7 @@ def missing_coverage(family: ModelFamily, generated_ids: set[str], variants=PORT
     problems = []
     for c in family.components:
         for v in (v for v in variants if v.program_precision == "fp16"):
-            for s in strategies if c.sweep else ():
+            for s in family.sweep_strategies(strategies) if c.sweep and strategies else ():
                 if f"test_quantization[{family.name}/{c.name}/{s}/{v.id}]" not in generated_ids:
                     problems.append(f"{family.name}/{c.name}: no test_quantization of {s} on {v.id}")
         for v in variants:

@@ -363,6 +363,7 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
         path = model_dir / "metadata.json"
         current = sorted(by_model[model], key=_sort_key)
         plots = _plot_series(model, current, model_dir)  # sets each plotted record's "plots"
+        plots.extend(_write_audio(model, current, model_dir))  # sets each record's "plots" and "audio_files"
         merged, kept = _merge(current, _previous_results(path, info, "results"), info)
         merged.sort(key=_sort_key)
         plots.append(_plot_error_summary(model, merged, model_dir))
@@ -370,7 +371,7 @@ def build_reports(records: list[dict], report_dir: Path, info: dict | None = Non
             **_header(METADATA_SCHEMA_VERSION, model, info),
             "summary": {**_summary(merged), "this_run": _summary(current), "partial": kept > 0,
                         "from_earlier_runs": kept},
-            "results": [{k: v for k, v in r.items() if k != "series"} for r in merged],
+            "results": [{k: v for k, v in r.items() if k not in ("series", "waveforms")} for r in merged],
         }
         atomic_write(path, (_dumps(metadata, f"metadata of {model!r}", indent=2) + "\n").encode("utf-8"))
         written.append(path)
@@ -491,12 +492,87 @@ FIXED_PLOTS = ("error_summary.png", "quantization_quality_vs_size.png")
 
 
 def _remove_stale_plots(model_dir: Path, results: list[dict]) -> None:
-    """Delete the per-result plots of a model directory that no result of the report refers to (left by an earlier
-    run of another commit, or of a component that no longer exists), so the folder never mixes runs."""
+    """Delete the per-result plots and audio files of a model directory that no result of the report refers to
+    (left by an earlier run of another commit, or of a component that no longer exists), so the folder never mixes
+    runs."""
     keep = set(FIXED_PLOTS) | {name for r in results for name in r.get("plots") or []}
     for png in model_dir.glob("*.png"):
         if png.name not in keep:
             png.unlink(missing_ok=True)
+    keep_audio = {name for r in results for name in r.get("audio_files") or []}
+    for wav in (model_dir / AUDIO_DIR).glob("*.wav"):
+        if f"{AUDIO_DIR}/{wav.name}" not in keep_audio:
+            wav.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audio: WAV files to listen to, waveform and log-mel plots
+
+AUDIO_DIR = "audio"
+
+
+def _write_audio(model: str, records: list[dict], model_dir: Path) -> list[Path]:
+    """For each clip record carrying ``waveforms`` (an ``.npz`` the parity test saved: ``<output>/reference/<call>``
+    and ``<output>/candidate/<call>`` arrays, and the sample rate), the WAV files of every call under ``audio/``
+    (``<output>_<component>_<variant>_call<i>_{reference,converted}.wav``) and one plot per output: the
+    waveforms and log-mel spectrograms of the first call, reference vs converted, titled with the test's
+    outcome."""
+    import numpy as np
+
+    from .audio import write_wav
+    from .metrics import log_mel_spectrogram
+
+    paths = []
+    for record in records:
+        waveforms = record.get("waveforms")
+        if not isinstance(waveforms, dict) or not Path(str(waveforms.get("file"))).is_file():
+            continue
+        rate = int(waveforms["sample_rate"])
+        component, variant = str(record.get("component")), str(record.get("variant"))
+        with np.load(waveforms["file"]) as npz:
+            arrays = {k: np.asarray(npz[k], np.float64) for k in npz.files}
+        outputs = sorted({k.split("/")[0] for k in arrays})
+        for output in outputs:
+            calls = sorted({int(k.split("/")[2]) for k in arrays if k.startswith(f"{output}/")})
+            for call in calls:
+                for side, label in (("reference", "reference"), ("candidate", "converted")):
+                    name = f"{_slug(output)}_{_slug(component)}_{_slug(variant)}_call{call}_{label}.wav"
+                    paths.append(write_wav(model_dir / AUDIO_DIR / name, arrays[f"{output}/{side}/{call}"], rate))
+                    record["audio_files"] = sorted({*record.get("audio_files", []), f"{AUDIO_DIR}/{name}"})
+            ref, cand = arrays[f"{output}/reference/{calls[0]}"], arrays[f"{output}/candidate/{calls[0]}"]
+            fig = _new_figure(10.0, 7.0)
+            axes = fig.subplots(3, 1, gridspec_kw={"height_ratios": [1.2, 1, 1]})
+            t = np.arange(ref.size) / rate
+            axes[0].plot(t, ref, color="#1f77b4", linewidth=0.5, label="torch (reference)")
+            axes[0].plot(t, cand, color="#ff7f0e", linewidth=0.5, alpha=0.7, label=f"converted ({variant})")
+            axes[0].plot(t, cand - ref, color="#d62728", linewidth=0.5, label="converted − torch")
+            axes[0].set_xlim(0, max(t[-1], 1e-3) if t.size else 1.0)
+            axes[0].set_xlabel("time (s)")
+            axes[0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
+            for ax, audio, label in ((axes[1], ref, "torch (reference)"), (axes[2], cand, f"converted ({variant})")):
+                if audio.size >= 1024 and np.all(np.isfinite(audio)):
+                    mel = log_mel_spectrogram(audio, sample_rate=rate)
+                    ax.imshow(mel, origin="lower", aspect="auto", cmap="magma",
+                              extent=(0, audio.size / rate, 0, mel.shape[0]))
+                ax.set_ylabel(f"log-mel\n{label}", fontsize=8)
+            axes[2].set_xlabel("time (s)")
+            verdict = outcome_of(record).upper() if outcome_of(record) != "passed" else "passed"
+            task = record.get("task_metrics") or {}
+            figures = ", ".join(f"{k} {task[k]:.4f}" for k in ("waveform_correlation", "mel_correlation")
+                                if isinstance(task.get(k), (int, float)))
+            fig.suptitle(f"{model} · {component} · {variant}: {output}, call 0 of {len(calls)} "
+                         f"({figures or 'no task figures'}; {verdict})", fontsize=10)
+            paths.append(_save_record_plot(fig, record, model_dir / f"waveform_{_slug(output)}_{_slug(component)}_"
+                                                                    f"{_slug(variant)}.png"))
+    return paths
+
+
+def _save_record_plot(fig, record: dict, path: Path) -> Path:
+    """Lay out, save and list the plot in its record's ``plots``."""
+    fig.tight_layout()
+    _save_figure(fig, path)
+    record["plots"] = sorted({*record.get("plots", []), path.name})
+    return path
 
 
 def _new_figure(width: float, height: float):
@@ -607,10 +683,7 @@ def _plot_series(model: str, records: list[dict], model_dir: Path) -> list[Path]
         verdict = outcome_of(record).upper() if outcome_of(record) != "passed" else "passed"
         fig.suptitle(f"{model} · {component} · {variant}: {ylabel} per call "
                      f"({record.get('test')}, {ref.size} calls, {verdict})", fontsize=10)
-        fig.tight_layout()
-        path = _save_figure(fig, model_dir / f"{_slug(output)}_{_slug(component)}_{_slug(variant)}.png")
-        record["plots"] = sorted({*record.get("plots", []), path.name})
-        paths.append(path)
+        paths.append(_save_record_plot(fig, record, model_dir / f"{_slug(output)}_{_slug(component)}_{_slug(variant)}.png"))
     return paths
 
 

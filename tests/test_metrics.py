@@ -456,3 +456,259 @@ def test_vad_metrics_bad_input():
         decision_agreement([], [])
     with pytest.raises(ValueError, match="threshold must be finite"):
         decision_agreement([0.1], [0.1], threshold=math.inf)
+
+
+# ---------------------------------------------------------------------------------------------------- TTS metrics
+
+TTS_RATE = 24000
+
+
+def speech_like(seconds=1.0, seed=0):
+    """A voiced-speech stand-in at 24 kHz: a gliding 120-220 Hz fundamental with 12 harmonics (falling 6 dB per
+    octave), switched on and off like syllables, over a little noise; peak about 0.5."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * TTS_RATE)) / TTS_RATE
+    phase = 2 * np.pi * np.cumsum(120 + 100 * (0.5 + 0.5 * np.sin(2 * np.pi * 1.5 * t))) / TTS_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 13))
+    syllables = np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
+    x = syllables * voiced + 0.01 * rng.standard_normal(t.size)
+    return 0.5 * x / np.max(np.abs(x))
+
+
+def slaney_mel_to_hz(mel):
+    """Slaney's scale written out: 200/3 Hz per mel up to 15 mels (1 kHz), then a factor 6.4 per 27 mels."""
+    return 200 / 3 * mel if mel < 15 else 1000 * 6.4 ** ((mel - 15) / 27)
+
+
+def slaney_edges(n_mels=80, fmax=12000.0):
+    top = 15 + 27 * math.log(fmax / 1000) / math.log(6.4)  # fmin = 0 is 0 mels
+    return [slaney_mel_to_hz(top * i / (n_mels + 1)) for i in range(n_mels + 2)]
+
+
+def test_tts_identical_waveforms_score_perfectly():
+    x = speech_like()
+    result = metrics.tts_metrics(x, x.copy())
+    assert result == {"waveform_correlation": 1.0, "mel_correlation": 1.0, "mel_psnr_db": math.inf,
+                      "mrstft_similarity": 1.0, "mrstft_distance": 0.0}
+    assert all(type(value) is float for value in result.values())
+    json.dumps(result)
+    # float32, [1, n] and [n, 1] inputs are the same waveform
+    x32 = x.astype(np.float32)
+    assert metrics.waveform_correlation(x32[None], x32[:, None]) == 1.0
+    assert metrics.multi_resolution_stft_distance(x32[None], x32) == 0.0
+    assert metrics.mel_psnr_db(x32, x32[None]) == math.inf  # like psnr: identical means inf, no finite cap
+
+
+def test_slaney_mel_scale_worked_values():
+    assert metrics._hz_to_mel(0.0) == 0.0
+    assert metrics._hz_to_mel(500.0) == pytest.approx(7.5, rel=1e-15)  # 3 mels per 200 Hz
+    assert metrics._hz_to_mel(1000.0) == pytest.approx(15.0, rel=1e-15)
+    assert metrics._hz_to_mel(6400.0) == pytest.approx(42.0, rel=1e-15)  # 27 mels per factor 6.4
+    mels = np.linspace(0, 50, 11)
+    np.testing.assert_allclose(metrics._mel_to_hz(metrics._hz_to_mel(metrics._mel_to_hz(mels))),
+                               metrics._mel_to_hz(mels), rtol=1e-13)
+
+
+def test_mel_filterbank_rows_have_unit_area_and_peak_at_two_over_their_width():
+    bank = metrics.mel_filterbank(TTS_RATE, n_fft=1024, n_mels=80)
+    assert bank.shape == (80, 513)
+    assert (bank >= 0).all()
+    edges = slaney_edges()
+    bins = np.arange(513) * TTS_RATE / 1024
+    bin_width = TTS_RATE / 1024
+    for m in range(80):
+        lower, centre, upper = edges[m], edges[m + 1], edges[m + 2]
+        row = bank[m]
+        outside = (bins <= lower) | (bins >= upper)
+        assert (row[outside] == 0).all(), m
+        height = 2 / (upper - lower)  # a triangle of unit area in Hz
+        assert row.max() <= height * (1 + 1e-12), m
+        # the triangle written out bin by bin: rising from lower to centre, falling from centre to upper
+        expected = [height * max(0.0, min((f - lower) / (centre - lower), (upper - f) / (upper - centre))) for f in bins]
+        np.testing.assert_allclose(row, expected, rtol=1e-9, atol=1e-15 * height)
+        if upper - lower >= 10 * bin_width:  # many bins wide: the sampled triangle sums to its area / bin width
+            assert row.sum() == pytest.approx(1024 / TTS_RATE, rel=0.01), m
+
+
+def test_pure_tone_log_mel_peaks_in_its_mel_bin():
+    edges = slaney_edges()
+    for m in (10, 40, 70):  # linear and logarithmic parts of the scale
+        t = np.arange(TTS_RATE // 2) / TTS_RATE
+        tone = 0.5 * np.sin(2 * np.pi * edges[m + 1] * t)  # at filter m's centre frequency
+        log_mel = metrics.log_mel_spectrogram(tone)
+        assert log_mel.shape == (80, 1 + tone.size // 256)
+        assert int(np.argmax(log_mel[:, 4:-4].mean(axis=1))) == m
+    silence = metrics.log_mel_spectrogram(np.zeros(1000), n_mels=40)
+    assert silence.shape == (40, 1 + 1000 // 256)
+    assert (silence == math.log(1e-5)).all()
+
+
+def test_waveform_correlation_worked_examples():
+    assert metrics.waveform_correlation([1, 2, 3], [2, 4, 6]) == 1.0  # gain and offset do not count
+    assert metrics.waveform_correlation([1, 2, 3], [3, 2, 1]) == -1.0
+    # centred (-1.5, -0.5, 0.5, 1.5) and (-1.5, 0.5, -0.5, 1.5): dot 4, squared norms 5 and 5: 4 / 5
+    assert metrics.waveform_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8, rel=1e-15)
+    # constant waveforms: undefined Pearson, defined as 1.0 for an exact copy and 0.0 otherwise
+    assert metrics.waveform_correlation([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]) == 1.0
+    assert metrics.waveform_correlation([0.0, 0.0, 0.0], [0.0, 0.1, 0.0]) == 0.0
+    assert metrics.waveform_correlation([0.0, 0.1, 0.0], [0.2, 0.2, 0.2]) == 0.0
+
+
+@given(array_pairs(elements=st.floats(-1.0, 1.0)).filter(lambda p: p[0].size > 1))
+def test_waveform_correlation_is_symmetric_and_bounded(pair):
+    a, b = pair
+    value = metrics.waveform_correlation(a.reshape(-1), b.reshape(-1))
+    assert -1.0 <= value <= 1.0
+    assert value == pytest.approx(metrics.waveform_correlation(b.reshape(-1), a.reshape(-1)), abs=1e-12)
+
+
+def test_tts_figures_fall_as_the_noise_rises():
+    x = speech_like()
+    noise = np.random.default_rng(1).standard_normal(x.size)
+    noise *= np.sqrt(np.mean(x ** 2) / np.mean(noise ** 2))  # 0 dB SNR
+    results = [metrics.tts_metrics(x, x + 10 ** (-snr / 20) * noise) for snr in (40, 20, 0)]
+    for key in ("waveform_correlation", "mel_correlation", "mel_psnr_db", "mrstft_similarity"):
+        values = [r[key] for r in results]
+        assert values[0] > values[1] > values[2], (key, values)
+    distances = [r["mrstft_distance"] for r in results]
+    assert 0 < distances[0] < distances[1] < distances[2]
+    assert all(r["mrstft_similarity"] == pytest.approx(1 / (1 + r["mrstft_distance"]), rel=1e-15) for r in results)
+
+
+def test_gain_and_delay():
+    x = speech_like()
+    quieter = 0.5 * x  # -6 dB: the waveform correlation ignores gain, the spectral figures do not
+    assert metrics.waveform_correlation(x, quieter) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.mel_correlation(x, quieter) < 1.0
+    assert math.isfinite(metrics.mel_psnr_db(x, quieter))
+    assert metrics.multi_resolution_stft_distance(x, quieter) > metrics.multi_resolution_stft_distance(x, 0.9 * x)
+    delayed = [np.concatenate((np.zeros(d), x[:x.size - d])) for d in (1, 4, 16)]
+    correlations = [metrics.waveform_correlation(x, y) for y in delayed]
+    assert 1.0 > correlations[0] > correlations[1] > correlations[2]
+    psnrs = [metrics.mel_psnr_db(x, y) for y in delayed]
+    assert psnrs[0] > psnrs[1] > psnrs[2]
+
+
+def test_silent_reference_edges():
+    silence, sound = np.zeros(2000), speech_like()[:2000]
+    assert metrics.mel_psnr_db(silence, silence) == math.inf
+    assert metrics.mel_psnr_db(silence, sound) == -math.inf  # no range to scale the error by
+    assert metrics.multi_resolution_stft_distance(silence, silence) == 0.0
+    assert metrics.multi_resolution_stft_distance(silence, sound) == math.inf
+    assert metrics.tts_metrics(silence, sound)["mrstft_similarity"] == 0.0
+
+
+def test_fifteen_seconds_of_24_khz_audio_is_fast():
+    import time
+
+    x = speech_like(15.525)  # 372,600 samples
+    assert x.size == 372_600
+    y = x + 0.01 * np.random.default_rng(2).standard_normal(x.size)
+    start = time.perf_counter()
+    metrics.tts_metrics(x, y)
+    assert time.perf_counter() - start < 2.0  # about 0.25 s on 2 cores; generous for a loaded CI runner
+
+
+TTS_FUNCTIONS = [metrics.waveform_correlation, metrics.mel_correlation, metrics.mel_psnr_db,
+                 metrics.multi_resolution_stft_distance]
+TTS_IDS = ["waveform_correlation", "mel_correlation", "mel_psnr_db", "multi_resolution_stft_distance"]
+
+
+@pytest.mark.parametrize("function", TTS_FUNCTIONS, ids=TTS_IDS)
+def test_tts_bad_waveforms_are_named(function):
+    x = speech_like(0.1)
+    with pytest.raises(ValueError, match="reference has 2400 samples but candidate has 2399"):
+        function(x, x[:-1])
+    with pytest.raises(ValueError, match=r"candidate has a non-finite sample \(nan\) at index 7"):
+        function(x, np.where(np.arange(x.size) == 7, np.nan, x))
+    with pytest.raises(ValueError, match="reference has a non-finite sample"):
+        function(np.full(x.size, np.inf), x)
+    with pytest.raises(ValueError, match="reference is empty"):
+        function([], [])
+    with pytest.raises(ValueError, match=r"candidate must be a 1-D waveform .* got shape \(2, 1200\)"):
+        function(x, x.reshape(2, -1))
+
+
+def test_tts_metrics_bad_input_names_its_arguments():
+    x = speech_like(0.1)
+    with pytest.raises(ValueError, match="reference_audio has 2400 samples but candidate_audio has 10"):
+        metrics.tts_metrics(x, x[:10])
+    with pytest.raises(ValueError, match="candidate_audio has a non-finite sample"):
+        metrics.tts_metrics(x, x * np.nan)
+    with pytest.raises(ValueError, match="reference_audio is empty"):
+        metrics.tts_metrics(np.zeros(0), x)
+    with pytest.raises(ValueError, match="sample_rate must be an integer >= 1"):
+        metrics.tts_metrics(x, x, sample_rate=0)
+
+
+def test_spectrogram_settings_are_checked():
+    x = speech_like(0.1)
+    with pytest.raises(ValueError, match="audio has a non-finite sample"):
+        metrics.log_mel_spectrogram(np.full(10, np.nan))
+    with pytest.raises(ValueError, match="hop must be an integer >= 1"):
+        metrics.log_mel_spectrogram(x, hop=0)
+    with pytest.raises(ValueError, match="fmax must be <= 12000"):
+        metrics.log_mel_spectrogram(x, fmax=13000)
+    with pytest.raises(ValueError, match="fmax must be > fmin"):
+        metrics.log_mel_spectrogram(x, fmin=4000, fmax=2000)
+    with pytest.raises(ValueError, match="floor must be > 0"):
+        metrics.log_mel_spectrogram(x, floor=0.0)
+    with pytest.raises(ValueError, match="resolutions is empty"):
+        metrics.multi_resolution_stft_distance(x, x, resolutions=())
+    with pytest.raises(ValueError, match=r"resolutions\[1\].win_length must be <= n_fft"):
+        metrics.multi_resolution_stft_distance(x, x, resolutions=((512, 128, 512), (256, 64, 512)))
+    with pytest.raises(ValueError, match=r"resolutions\[0\] must be \(n_fft, hop, win_length\)"):
+        metrics.multi_resolution_stft_distance(x, x, resolutions=((512, 128),))
+
+
+# ------------------------------------------------------------------------------------------------------ WAV files
+
+def test_write_wav_round_trips_24_khz_audio_through_read_wav(tmp_path):
+    from conversions.audio import read_wav, write_wav
+
+    x = speech_like(0.5)
+    path = write_wav(tmp_path / "out" / "nested" / "speech.wav", x, TTS_RATE)  # parents are created
+    assert path == tmp_path / "out" / "nested" / "speech.wav"
+    back = read_wav(path, sample_rate=TTS_RATE)
+    assert back.dtype == np.float32 and back.shape == x.shape
+    assert np.max(np.abs(back - x)) <= 1 / 32767
+    with pytest.raises(ValueError, match="expected 16-bit mono 16000 Hz, got 1 channel.*24000 Hz"):
+        read_wav(path)  # the 16 kHz default still refuses other rates
+    assert sorted(p.name for p in path.parent.iterdir()) == ["speech.wav"]  # no temporary file left
+
+
+def test_write_wav_clips_to_the_pcm_range(tmp_path):
+    from conversions.audio import read_wav, write_wav
+
+    path = write_wav(tmp_path / "clipped.wav", np.array([[1.5, 1.0, -1.0, -2.0, 0.25]], np.float32), 8000)
+    # clipped to [-1, 1], then x * 32768 limited to the int16 range: 1 -> 32767, -1 -> -32768
+    np.testing.assert_array_equal(read_wav(path, 8000), np.array([32767, 32767, -32768, -32768, 8192]) / 32768)
+
+
+def test_write_wav_bad_input_writes_nothing(tmp_path):
+    from conversions.audio import write_wav
+
+    with pytest.raises(ValueError, match="audio has 1 non-finite sample"):
+        write_wav(tmp_path / "a.wav", [0.0, np.nan], TTS_RATE)
+    with pytest.raises(ValueError, match=r"audio must be a 1-D waveform .* got shape \(2, 2\)"):
+        write_wav(tmp_path / "a.wav", np.zeros((2, 2)), TTS_RATE)
+    with pytest.raises(ValueError, match="sample_rate must be an integer >= 1"):
+        write_wav(tmp_path / "a.wav", [0.0], 24000.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_wav_failing_rename_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from conversions import files
+    from conversions.audio import write_wav
+
+    path = write_wav(tmp_path / "speech.wav", [0.5, -0.5], TTS_RATE)
+    before = path.read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_wav(path, speech_like(0.1), TTS_RATE)
+    assert list(tmp_path.iterdir()) == [path]  # the old file, untouched, and no temporary file beside it
+    assert path.read_bytes() == before

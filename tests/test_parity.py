@@ -31,6 +31,15 @@ from conversions.report import write_record
 from conversions.snapshots import metrics_snapshot
 
 
+def _at_most(examples: int | None):
+    """hypothesis settings capping the profile's ``max_examples`` at a component's ``random_examples``."""
+    from hypothesis import settings
+
+    if examples is None:
+        return lambda test: test
+    return settings(max_examples=min(examples, settings().max_examples))
+
+
 def _diagnosis(parity, case, feeds) -> str | None:
     """Trace diagnosis for fp16 programs (the package is the same whichever runtime ran it)."""
     if case.variant.program_precision != "fp16":
@@ -63,8 +72,10 @@ def test_parity(parity_case, parity, request, snapshot):
         diagnosis = _diagnosis(parity, parity_case, got.feeds[worst.worst_call or 0])
         failure = failure_message(f"{parity_case.id} (clip, {len(got.feeds)} calls)", checks, task_failures, diagnosis)
     series = component.plot(reference.outputs, got.outputs) if component.plot is not None else None
+    waveforms = {name: (reference.outputs[name], got.outputs[name]) for name in component.audio_outputs}
     parity.record(request, parity_case, "clip", checks, calls=len(got.feeds), task=task, task_bounds=task_bounds,
-                  failure=failure, started=started, series=series.as_dict() if series is not None else None)
+                  failure=failure, started=started, series=series.as_dict() if series is not None else None,
+                  waveforms=waveforms)
     assert failure is None, failure
     # Inside the tolerance is not enough: no worse than the pinned baseline (tests/__snapshots__/) beyond its slack.
     assert metrics_snapshot(snapshot, family=family.name, backend_family=variant.baseline_family) == \
@@ -88,6 +99,7 @@ def test_parity_random(parity_case, parity, request):
     seen: list[tuple[dict, dict]] = []
 
     @given(feeds=component.random_inputs(reference_model))
+    @_at_most(component.random_examples)
     def case_within_bounds(feeds):
         expected, got = run_torch(feeds), run_model(feeds)
         seen.append((expected, got))

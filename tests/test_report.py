@@ -464,3 +464,36 @@ def test_error_summary_of_a_run_where_nothing_ran(tmp_path):
     summary = json.loads((tmp_path / "silero-vad" / "metadata.json").read_text())["summary"]
     assert summary["verdict"] == "nothing ran" and summary["skipped"] == 1
     assert png_size(tmp_path / "silero-vad" / "error_summary.png")[0] == 800
+
+
+def test_audio_outputs_become_wav_files_and_a_waveform_plot(tmp_path):
+    """A record with ``waveforms`` (a component's audio outputs): one WAV per call and side a person can listen to,
+    the waveform + log-mel plot titled with the outcome, both listed in the record; stale WAVs of earlier runs are
+    removed and the temporary ``waveforms`` path is not part of the metadata."""
+    from conversions.audio import read_wav
+
+    rate = 24_000
+    t = np.arange(rate // 2) / rate
+    reference = [0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)]
+    candidate = [r + 1e-3 for r in reference]
+    npz = tmp_path / "waves.npz"
+    np.savez(npz, **{f"audio/reference/{i}": r for i, r in enumerate(reference)},
+             **{f"audio/candidate/{i}": c for i, c in enumerate(candidate)})
+    record = make_record("bucket-5s", "mil-fp16", model="kokoro", match=False)
+    record["waveforms"] = {"file": str(npz), "sample_rate": rate}
+    report = tmp_path / "report"
+    (report / "kokoro" / "audio").mkdir(parents=True)
+    (report / "kokoro" / "audio" / "audio_gone_mil-fp16_call0_reference.wav").write_bytes(b"RIFF")
+    build_reports([record], report, info=INFO)
+
+    model_dir = report / "kokoro"
+    wavs = sorted(p.name for p in (model_dir / "audio").iterdir())
+    assert wavs == [f"audio_bucket-5s_mil-fp16_call{i}_{side}.wav" for i in (0, 1) for side in ("converted", "reference")]
+    heard = read_wav(model_dir / "audio" / "audio_bucket-5s_mil-fp16_call1_reference.wav", sample_rate=rate)
+    assert np.abs(heard - reference[1]).max() < 1 / 32767
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    result = meta["results"][0]
+    assert "waveforms" not in result
+    assert result["audio_files"] == [f"audio/{w}" for w in wavs]
+    assert result["plots"] == ["waveform_audio_bucket-5s_mil-fp16.png"]
+    assert (model_dir / "waveform_audio_bucket-5s_mil-fp16.png").read_bytes().startswith(PNG_SIGNATURE)
