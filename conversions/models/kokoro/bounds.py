@@ -187,7 +187,10 @@ _PHASE_WHY = ("PSNR only: the phase of the source's STFT wraps at +-pi, so where
               "max 6.28 in fp32 too); what it does to the audio is judged by the vocoder and the buckets")
 
 BOUNDS = {
-    "albert": {"fp16": {"bert_hidden": _b(0.07, 66.0, "clip: measured 3.4e-2, 76.8 dB")},
+    # the worst element of 95k fp16-rounded values moves with torch's kernels: 3.4e-2 (AVX512), 4.7e-2
+    # (ATEN_CPU_CAPABILITY=default); atol ~4x the larger, so its baseline pin (floored at atol / 4) holds on both
+    "albert": {"fp16": {"bert_hidden": _b(0.2, 66.0, "clip: measured 3.4e-2 / 4.7e-2 (AVX512 / default kernels), "
+                                                     "76.8 dB")},
                "fp32": {"bert_hidden": _b(5e-5, 100.0, f"{_FP32} (measured 2.2e-5)")}},
     "post-albert": {
         "fp16": {"duration": _b(0.015, 64.0, "clip: measured 6.5e-3, 74.0 dB"), "pred_dur": _BY_TASK_DURATIONS,
@@ -225,12 +228,15 @@ for _bucket in ("bucket-5s", "bucket-15s"):
     BOUNDS[_bucket] = {
         "fp16": {"audio": _BUCKET_FP16_AUDIO, "audio_length_samples": _BY_TASK_DURATIONS,
                  "pred_dur": _BY_TASK_DURATIONS},
-        "fp32": {"audio": _b(0.03, 56.0, "fp32 end to end: F0 moves by ~1e-4 Hz, the harmonics' phase a little "
-                                         "(measured 1.0e-2, 66.1 dB)"),
+        # elementwise gate only: F0 moves by ~1e-4 Hz and SineGen integrates it into the harmonics' phase, so the
+        # error depends on torch's kernels (5 s bucket: 7.5e-3 / 68.6 dB with AVX512, 1.1e-2 / 66.6 dB with the
+        # default ones) and its PSNR is no stable figure to pin; the speech task metric gates mel correlation
+        "fp32": {"audio": _b(0.1, float("-inf"), "fp32 end to end, phase drift of the harmonics: measured 7.5e-3 "
+                                                  "(AVX512) / 1.1e-2 (default kernels) on 5 s, 9.5e-3 on 15 s"),
                  "audio_length_samples": _EXACT, "pred_dur": _EXACT}}
 
 RANDOM_BOUNDS = {
-    "albert": {"fp16": {"bert_hidden": _b(0.07, 62.0, "generated: measured 2.2e-2, 72.2 dB")},
+    "albert": {"fp16": {"bert_hidden": _b(0.2, 62.0, "generated: measured 2.2e-2, 72.2 dB")},
                "fp32": BOUNDS["albert"]["fp32"]},
     "post-albert": {
         "fp16": {"duration": _b(0.015, 62.0, "generated: measured 6.5e-3, 72.2 dB"), "pred_dur": _BY_TASK_DURATIONS,
@@ -259,5 +265,5 @@ RANDOM_BOUNDS = {
 for _bucket in ("bucket-5s", "bucket-15s"):
     RANDOM_BOUNDS[_bucket] = {
         "fp16": BOUNDS[_bucket]["fp16"],
-        "fp32": {"audio": _b(0.03, 56.0, "generated: measured 1.4e-2, 67.9 dB"),
+        "fp32": {"audio": _b(0.1, 56.0, "generated: measured 1.4e-2, 67.9 dB"),
                  "audio_length_samples": _BY_TASK_DURATIONS, "pred_dur": _BY_TASK_DURATIONS}}
