@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from conversions.models.nemo_committed import sha256_file
 from conversions.files import atomic_path, atomic_write
 
 INSTALL_HINT = "pip install 'coreml-parity[kokoro]'"
@@ -119,14 +120,6 @@ def _import(package: str, what: str):
         return importlib.import_module(package)
     except ModuleNotFoundError as e:
         raise _missing(package, what) from e
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def expected_onnx_sha256() -> str:
