@@ -1,8 +1,11 @@
-"""Command line: ``python -m conversions {inspect,predict} ...``.
+"""Command line: ``coreml-parity {inspect,predict,export,publish,audit} ...`` (also ``python -m conversions``).
 
-    python -m conversions inspect MODEL.mlpackage
-    python -m conversions predict MODEL.mlpackage --input NAME=FILE.npy [...] --output out.npz \
+    coreml-parity inspect MODEL.mlpackage
+    coreml-parity predict MODEL.mlpackage --input NAME=FILE.npy [...] --output out.npz \
         [--precision fp16|fp32] [--backend auto|mil|coreml] [--compute-units CPU_ONLY|CPU_AND_NE|ALL]
+    coreml-parity export FAMILY [--components ...] [--precision fp16|fp32] [--strategy NAME|--recipe FILE] --out DIR
+    coreml-parity publish DIR --repo ORG/NAME [--revision BRANCH] [--create-pr] [--dry-run]
+    coreml-parity audit PACKAGE|FAMILY/COMPONENT [--input NAME=FILE.npy ...]
 """
 
 from __future__ import annotations
@@ -73,8 +76,12 @@ def _predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m conversions",
-                                     description="Inspect and run Core ML models (portable MIL runtime or Core ML).")
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="coreml-parity",
+                                     description="Inspect and run Core ML models (portable MIL runtime or Core ML); "
+                                                 "export validated packages with their evidence, publish them, and "
+                                                 "find the ops an fp16 program needs in fp32.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="print I/O, deployment target, precision, op histogram, weights, compression")
     p.add_argument("model", help="path to a .mlpackage (or .mlmodel)")
@@ -90,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-units", default="CPU_ONLY", choices=["CPU_ONLY", "CPU_AND_NE", "CPU_AND_GPU", "ALL"],
                    help="Core ML backend only")
     p.set_defaults(func=_predict)
+    for name in ("release", "publish", "audit"):  # export, publish, audit: each module adds its subcommand
+        module = importlib.import_module(f".{name}", __package__)
+        module.add_parser(sub).set_defaults(func=module.run)
     return parser
 
 

@@ -25,7 +25,9 @@ import platform
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,10 @@ def convert_traced(module: torch.nn.Module, example_inputs: Mapping[str, torch.T
         pipeline.remove_passes({"common::add_int16_cast"})
         metadata = {**(metadata or {}), "removed_passes": "common::add_int16_cast (flexible dimension up to "
                                                           f"{largest} > int16)"}
+    override = _KEEP_FP32_OVERRIDE.get()
+    if override is not None and precision == "fp16":  # coreml-parity audit: its set replaces the converter's
+        keep_fp32 = override.keep_fp32
+        metadata = {**(metadata or {}), "keep_fp32_override": override.token}
     compute_precision = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
     if precision == "fp16" and keep_fp32 is not None:
         compute_precision = ct.transform.FP16ComputePrecision(op_selector=_fp16_selector(keep_fp32))
@@ -104,6 +110,29 @@ def convert_traced(module: torch.nn.Module, example_inputs: Mapping[str, torch.T
         )
     record_metadata(mlmodel, {**(metadata or {}), "requested_precision": precision, "requested_target": target})
     return mlmodel
+
+
+@dataclass(frozen=True)
+class KeepFp32Override:
+    keep_fp32: Callable[[object], set] | None
+    token: str
+
+
+_KEEP_FP32_OVERRIDE: ContextVar[KeepFp32Override | None] = ContextVar("keep_fp32_override", default=None)
+
+
+@contextmanager
+def keep_fp32_override(keep_fp32: Callable[[object], set] | None, token: str) -> Iterator[None]:
+    """Within the block, every :func:`convert_traced` uses ``keep_fp32`` as its keep-fp32 selector instead of the one
+    its converter passes; ``None`` converts every op in fp16. Lets ``coreml-parity audit`` re-export any
+    FAMILY/COMPONENT all-fp16 or with a candidate set without editing its converter. ``token`` names the selector:
+    it is recorded in the package's metadata (``keep_fp32_override``) and added to :func:`export_key`, so an
+    overridden export never shares a cache entry with the converter's own. fp32 exports compute the same."""
+    handle = _KEEP_FP32_OVERRIDE.set(KeepFp32Override(keep_fp32, token))
+    try:
+        yield
+    finally:
+        _KEEP_FP32_OVERRIDE.reset(handle)
 
 
 def _fp16_selector(keep_fp32: Callable[[object], set]) -> Callable[[object], bool]:
@@ -196,6 +225,10 @@ def export_key(converter: Callable, weights: str, options: Mapping[str, object])
     sources = {f"family/{p.relative_to(root).as_posix()}": file_digest(p) for p in family_sources}
     sources.update({Path(__file__).name: file_digest(__file__),
                     Path(inspect_model.__file__).name: file_digest(inspect_model.__file__)})
+    options = dict(options)
+    override = _KEEP_FP32_OVERRIDE.get()
+    if override is not None:  # an overridden export is another package (see keep_fp32_override)
+        options["keep_fp32_override"] = override.token
     payload = {"format": CACHE_FORMAT, "converter": f"{converter.__module__}.{converter.__qualname__}",
                "sources": sources, "weights": weights, "options": dict(sorted(options.items())),
                "versions": tool_versions()}

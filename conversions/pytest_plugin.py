@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from . import registry
+from . import engine, registry
+from .engine import ParityCase  # noqa: F401  (re-exported: tests and plugins import it from here)
 
 RECORDS_ENV = "COREML_PARITY_RECORDS_DIR"
 GENERATED_IDS = pytest.StashKey[set]()
@@ -45,17 +46,6 @@ REPORT_PATHS = pytest.StashKey[list]()
 IMPROVEMENTS = pytest.StashKey[list]()
 FAMILIES = pytest.StashKey[tuple]()
 MAX_TORCH_THREADS_PER_CORE = 4  # beyond this torch only thrashes (and 100000 threads crash it)
-
-
-@dataclass(frozen=True)
-class ParityCase:
-    family: registry.ModelFamily
-    component: registry.Component
-    variant: registry.Variant
-
-    @property
-    def id(self) -> str:
-        return f"{self.family.name}/{self.component.name}/{self.variant.id}"
 
 
 @dataclass(frozen=True)
@@ -240,144 +230,20 @@ def _inapplicable_marks(family, component, strategy: str):
                               reason=f"{strategy} cannot apply to {family.name}/{component.name}: {reason}"),)
 
 
-# ---- the session: export once, load once, stream the reference once ------------------------------------------
-class ParitySession:
-    """Everything parity tests share within a session, each built on first use."""
+# ---- the session: the engine's (conversions.engine), with skips and the report ------------------------------
+class ParitySession(engine.ParitySession):
+    """:class:`conversions.engine.ParitySession` configured by pytest's options: a family whose extra is missing
+    skips its tests, and results go to the report's records."""
 
     def __init__(self, config):
-        from .export import ExportCache
-
+        super().__init__(export_dir(config), Path(os.environ.get(RECORDS_ENV) or report_dir(config) / ".records" / "local"))
         self.config = config
-        self.cache = ExportCache(export_dir(config))
-        self.records_dir = Path(os.environ.get(RECORDS_ENV) or report_dir(config) / ".records" / "local")
-        self._memo: dict = {}
-
-    def _once(self, key, build):
-        if key not in self._memo:
-            self._memo[key] = build()
-        return self._memo[key]
 
     def reference(self, family: registry.ModelFamily):
-        """The family's torch model and the digest of its weights."""
-        from .export import weights_digest
-
-        missing = family.missing_requirements()
-        if missing:
-            pytest.skip(f"{family.name}: {', '.join(missing)} not installed ({family.install_hint or 'see README'})")
-
-        def build():
-            model = family.build()
-            return model, weights_digest(model)
-
-        return self._once(("reference", family.name), build)
-
-    def clip(self, family: registry.ModelFamily) -> np.ndarray:
-        return self._once(("clip", family.name), family.load_clip)
-
-    def package(self, family, component, precision: str, target: str | None = None):
-        """The exported ``.mlpackage`` (:class:`conversions.export.ExportedPackage`), from the cache if unchanged."""
-        from .export import DEFAULT_TARGET, export_key
-
-        target = target or DEFAULT_TARGET
-
-        def build():
-            model, weights = self.reference(family)
-            key = export_key(component.convert, weights, {"family": family.name, "component": component.name,
-                                                          "precision": precision, "target": target})
-            suffix = "" if target == DEFAULT_TARGET else f"-{target}"
-            return self.cache.get_or_export(f"{family.name}-{component.name}-{precision}{suffix}", key,
-                                            lambda: _stamped(component.convert(model, precision, target), family,
-                                                             component))
-
-        return self._once(("package", family.name, component.name, precision, target), build)
-
-    def quantized(self, family, component, strategy_name: str):
-        """The component's fp16 package compressed with a strategy of :mod:`conversions.quantize` (cached like
-        exports; the key adds the strategy's config and quantize.py's source), and the mixed strategy's recipe."""
-        from .export import export_key, file_digest
-        from . import quantize
-
-        def build():
-            strategy = quantize.get_strategy(strategy_name)
-            model, weights = self.reference(family)
-            base = self.package(family, component, "fp16", strategy.min_target)
-            exclude = tuple(family.keep_exact(str(base.path))) if component.keep_exact else ()
-            options = {"family": family.name, "component": component.name, "precision": "fp16",
-                       "target": strategy.min_target, "strategy": strategy_name, "exclude": exclude,
-                       "config": strategy.config(exclude), "quantize_source": file_digest(quantize.__file__)}
-            mixed = strategy_name == quantize.MIXED
-            candidate = component.mixed_candidate or family.mixed_candidate
-            target_quality = component.mixed_target_quality or family.mixed_target_quality
-            if mixed:
-                options.update(candidate=candidate, target_quality=target_quality)
-            key = export_key(component.convert, weights, options)
-            name = f"{family.name}-{component.name}-{strategy_name}"
-            recipe_path = self.cache.path_for(name, key).with_suffix(".recipe.json")
-
-            def compress():
-                mlmodel = _stamped(component.convert(model, "fp16", strategy.min_target), family, component)
-                if not mixed:
-                    return strategy.apply(mlmodel, exclude)
-                baseline = self.stream_primary(family, component, base.path)
-                recipe = quantize.sensitivity_recipe(
-                    mlmodel, lambda m: _quality(baseline, self.stream_primary(family, component, m)),
-                    candidate=candidate, target_quality=target_quality, exclude_ops=exclude)
-                quantize.save_recipe(recipe, recipe_path)
-                return quantize.apply_recipe(mlmodel, recipe)
-
-            package = self.cache.get_or_export(name, key, compress)
-            return package, (quantize.load_recipe(recipe_path) if mixed else None), base, strategy, exclude
-
-        return self._once(("quantized", family.name, component.name, strategy_name), build)
-
-    def stream_clip(self, family, component, run):
-        """``run`` (feeds -> outputs) streamed over the family's clip with the component's state carried
-        (:class:`conversions.parity.StreamResult`)."""
-        from .parity import run_stream
-
-        return run_stream(run, self.clip_feeds(family, component), component.state,
-                          self.initial_state(family, component))
-
-    def initial_state(self, family, component) -> dict:
-        """The component's state inputs before the first call (their shapes may depend on the model)."""
-        return self._once(("initial-state", family.name, component.name),
-                          lambda: component.initial_state(self.reference(family)[0]))
-
-    def stream_primary(self, family, component, model_or_path) -> np.ndarray:
-        """The component's first output streamed over the clip on the portable runtime (fp16 storage)."""
-        from .parity import model_runner
-        from .runtime import load_model
-
-        out = self.stream_clip(family, component, model_runner(load_model(model_or_path, backend="mil")))
-        return out.outputs[component.outputs[0]]
-
-    def variant_clip_stream(self, case: ParityCase, package_path) -> dict[str, np.ndarray]:
-        """The outputs of ``package_path`` streamed over the clip on the case's variant, once per session."""
-        from .parity import model_runner
-
-        return self._once(("variant-stream", case.id, str(package_path)),
-                          lambda: self.stream_clip(case.family, case.component,
-                                                   model_runner(case.variant.load(package_path))).outputs)
-
-    def model(self, case: ParityCase):
-        """The component's package loaded on the case's backend."""
-        path = self.package(case.family, case.component, case.variant.program_precision).path
-        return self._once(("model", case.id), lambda: case.variant.load(path))
-
-    def clip_feeds(self, family, component) -> list[dict]:
-        return self._once(("feeds", family.name, component.name),
-                          lambda: component.clip_feeds(self.reference(family)[0], self.clip(family)))
-
-    def torch_clip_stream(self, family, component):
-        """The torch reference streamed over the clip (:class:`conversions.parity.StreamResult`)."""
-        from .parity import torch_runner
-
-        def build():
-            module = component.reference(self.reference(family)[0])
-            return self.stream_clip(family, component,
-                                    torch_runner(module, component.inputs, component.reference_outputs))
-
-        return self._once(("torch-stream", family.name, component.name), build)
+        try:
+            return super().reference(family)
+        except engine.FamilyUnavailable as e:
+            pytest.skip(str(e))
 
     def record(self, request, case: ParityCase, kind: str, checks, *, calls: int, task=None, task_bounds=None,
                failure: str | None = None, started: float, series: dict | None = None,
@@ -432,25 +298,8 @@ class ParitySession:
         return {"file": str(path), "sample_rate": rates.pop()}
 
 
-def _stamped(mlmodel, family, component):
-    """The converted model with the family and component it was exported as in its metadata (the converters do not
-    know the family's configured name)."""
-    from .export import METADATA_PREFIX
 
-    mlmodel.user_defined_metadata[METADATA_PREFIX + "model"] = family.name
-    mlmodel.user_defined_metadata[METADATA_PREFIX + "component"] = component.name
-    return mlmodel
-
-
-def _quality(reference: np.ndarray, candidate: np.ndarray) -> float:
-    from .metrics import quality
-
-    return quality(reference, candidate)
-
-
-def _spec(spec) -> dict:
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": np.dtype(spec.dtype).name}
-
+_spec = engine._spec
 
 @pytest.fixture(scope="session")
 def parity(pytestconfig) -> ParitySession:

@@ -290,6 +290,33 @@ class FamilyOption:
 
 
 @dataclass(frozen=True)
+class ModelCardInfo:
+    """What a published release says about the model it was converted from (``coreml-parity export`` writes it into
+    the model card): the source's license (a Hugging Face license id; ``"other"`` with ``license_name`` and
+    ``license_link`` for a custom one), the hub id of the base model (only when the weights are that model's), where
+    the source lives, which weights the default family uses, and the card's tags."""
+
+    name: str
+    license: str
+    url: str
+    weights: str
+    base_model: str | None = None
+    license_name: str | None = None
+    license_link: str | None = None
+    tags: tuple[str, ...] = ()
+    pipeline_tag: str | None = None
+
+    def __post_init__(self):
+        if self.license == "other" and not (self.license_name and self.license_link):
+            raise ValueError(f"model card of {self.name!r}: license 'other' needs license_name and license_link")
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "license": self.license, "license_name": self.license_name,
+                "license_link": self.license_link, "base_model": self.base_model, "url": self.url,
+                "weights": self.weights, "tags": list(self.tags), "pipeline_tag": self.pipeline_tag}
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     name: str
     # The torch model the components are built from, with its real (or offline) weights: ``source`` holds the values
@@ -323,6 +350,9 @@ class ModelFamily:
     # The compression strategies its components are swept with (names in conversions.quantize.STRATEGIES; None:
     # every strategy). For a model whose every compression costs minutes, the ones it ships.
     strategies: tuple[str, ...] | None = None
+    # What ``coreml-parity export`` writes into the model card (license, base model, ...); None: the card says the
+    # source declared none.
+    card: ModelCardInfo | None = None
 
     def __post_init__(self):
         owner = f"model family {self.name!r}"

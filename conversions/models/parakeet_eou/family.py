@@ -22,7 +22,7 @@ from conversions.audio import SPEECH_CLIP, load_speech_clip
 from conversions.models import nemo_source
 from conversions.models.parakeet_tdt.converters import relative_position_ops
 from conversions.quantize import GROUPED_PALETTIZATION, not_applicable
-from conversions.registry import Component, ModelFamily, PipelineCheck, PlotSeries
+from conversions.registry import Component, ModelCardInfo, ModelFamily, PipelineCheck, PlotSeries
 
 from . import converters as cv
 from . import inputs as feeds
@@ -135,6 +135,15 @@ FAMILY = ModelFamily(
     load_clip=load_speech_clip,
     clip_path=SPEECH_CLIP,
     tools=("nemo_toolkit",),
+    card=ModelCardInfo(
+        name="Parakeet Realtime EOU 120M (NVIDIA NeMo, streaming FastConformer with end-of-utterance)",
+        license="other", license_name="nvidia-open-model-license",
+        license_link="https://www.nvidia.com/en-us/agreements/enterprise-software/nvidia-open-model-license/",
+        url="https://huggingface.co/nvidia/parakeet_realtime_eou_120m-v1",
+        weights="an offline tiny instance of the Parakeet Realtime EOU architecture built through NeMo, with weights "
+                "committed to coreml-parity (not NVIDIA's 120M checkpoint)",
+        tags=("automatic-speech-recognition", "audio", "nemo", "parakeet", "streaming", "end-of-utterance"),
+        pipeline_tag="automatic-speech-recognition"),
     options=OPTIONS,
     configure=configure,
     requires=("nemo.collections.asr",),

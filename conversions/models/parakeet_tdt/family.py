@@ -19,7 +19,7 @@ from conversions.audio import SPEECH_CLIP, load_speech_clip
 from conversions.models import nemo_source
 from conversions.models.nemo_source import source_options
 from conversions.quantize import GROUPED_PALETTIZATION, not_applicable
-from conversions.registry import Component, ModelFamily, PipelineCheck
+from conversions.registry import Component, ModelCardInfo, ModelFamily, PipelineCheck
 
 from . import converters as cv
 from . import inputs as feeds
@@ -104,6 +104,15 @@ FAMILY = ModelFamily(
     load_clip=load_speech_clip,
     clip_path=SPEECH_CLIP,
     tools=("nemo_toolkit",),
+    # The default model is an offline tiny instance of the architecture (committed weights), not NVIDIA's checkpoint:
+    # no base_model unless --parakeet-tdt-v3-model-id names one (conversions.release sets it from the source).
+    card=ModelCardInfo(
+        name="Parakeet TDT v3 (NVIDIA NeMo FastConformer-TDT)", license="cc-by-4.0",
+        url="https://huggingface.co/nvidia/parakeet-tdt-0.6b-v3",
+        weights="an offline tiny instance of the Parakeet TDT v3 architecture built through NeMo, with weights "
+                "committed to coreml-parity (not NVIDIA's 0.6B checkpoint)",
+        tags=("automatic-speech-recognition", "audio", "nemo", "parakeet", "fastconformer", "tdt"),
+        pipeline_tag="automatic-speech-recognition"),
     options=OPTIONS,
     configure=configure,
     requires=("nemo.collections.asr",),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from conversions.audio import SAMPLE_RATE, SPEECH_CLIP, load_speech_clip
-from conversions.registry import Component, ModelFamily, PlotSeries
+from conversions.registry import Component, ModelCardInfo, ModelFamily, PlotSeries
 
 from . import converters as cv
 from . import inputs as feeds
@@ -44,6 +44,10 @@ FAMILY = ModelFamily(
     load_clip=load_speech_clip,
     clip_path=SPEECH_CLIP,
     tools=("silero-vad",),
+    card=ModelCardInfo(
+        name="Silero VAD v6", license="mit", url="https://github.com/snakers4/silero-vad",
+        weights="Silero VAD v6 as shipped in the silero-vad package (its 16 kHz JIT model)",
+        tags=("voice-activity-detection", "audio", "silero-vad"), pipeline_tag="voice-activity-detection"),
     keep_exact=cv.stft_basis_ops,
     # Measured with coremltools 9.0: its per-block quantization needs every input-channel count divisible by the
     # block size, and the encoder's first conv reads the 129 STFT bins.

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import Any
 
@@ -90,17 +91,29 @@ class MILModel:
             result[spec.name] = arr
         return result
 
-    def predict(self, inputs: dict[str, Any], trace: bool = False):
-        """Run one prediction. ``trace=True`` returns ``(outputs, trace)`` with every op's output."""
-        values, records = self.executor.run(self._feeds(inputs), trace=trace)
+    def predict(self, inputs: dict[str, Any], trace: bool = False, overrides: dict[str, Any] | None = None):
+        """Run one prediction. ``trace=True`` returns ``(outputs, trace)`` with every op's output.
+
+        ``overrides`` (variable name -> array) replaces those op outputs by the given values (stored as given, not
+        rounded to fp16): the outputs the program would give if those values were exact."""
+        values, records = self.executor.run(self._feeds(inputs), trace=trace, overrides=overrides)
         outputs = self._outputs(values)
         if not trace:
             return outputs
         return outputs, self._trace(records)
 
-    def trace(self, inputs: dict[str, Any]) -> Trace:
+    def trace(self, inputs: dict[str, Any], overrides: dict[str, Any] | None = None) -> Trace:
         """Every op's output for one prediction, by MIL op name (weight-decompression ops included)."""
-        return self.predict(inputs, trace=True)[1]
+        return self.predict(inputs, trace=True, overrides=overrides)[1]
+
+    def with_fp16_ops(self, fp16_inputs: dict[str, Any]) -> MILModel:
+        """The same program computed as a mixed-precision export of it would be: the ops named in ``fp16_inputs``
+        (op name -> the names of their inputs cast to fp16) compute in fp16, every other op stores fp32 (see
+        :meth:`Executor.with_fp16_ops`). Outputs come back as float32 (as with ``precision="fp32"``)."""
+        variant = copy.copy(self)
+        variant.executor = self.executor.with_fp16_ops(fp16_inputs)
+        variant.precision = "fp32"
+        return variant
 
     def _trace(self, records) -> Trace:
         types = self.executor.types

@@ -13,8 +13,11 @@ reduced-precision accumulation of the GPU/ANE is not emulated.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -236,19 +239,24 @@ class Executor:
             )
         return value
 
-    def run(self, feeds: dict[str, torch.Tensor], trace: bool = False):
-        """Execute the function. Returns ``(outputs, records)``; ``records`` is None unless ``trace``."""
+    def run(self, feeds: dict[str, torch.Tensor], trace: bool = False,
+            overrides: Mapping[str, torch.Tensor] | None = None):
+        """Execute the function. Returns ``(outputs, records)``; ``records`` is None unless ``trace``.
+
+        ``overrides`` (variable name -> value) replaces those op outputs by the given values, stored as given (cast
+        to the declared dtype, not rounded to fp16): "what would the outputs be if this value were exact?"."""
+        steps = self._overridden_steps(overrides) if overrides else self.steps
         # fp16 overflow to inf is part of what is emulated: no warnings for it.
         with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
-            return self._run(feeds, trace)
+            return self._run(feeds, trace, steps)
 
-    def _run(self, feeds: dict[str, torch.Tensor], trace: bool):
+    def _run(self, feeds: dict[str, torch.Tensor], trace: bool, steps: list[Step]):
         values: list[Any] = [None] * len(self.slot_of)
         for v in self.function.inputs:
             values[self.slot_of[v.name]] = self._finish(feeds[v.name], self._rule(v.type), _INPUT_OP, 0)
         records = [] if trace else None
         call, finish = self._call, self._finish
-        for step in self.steps:
+        for step in steps:
             kwargs = dict(step.const_kwargs)
             for param, slot in step.var_kwargs:
                 kwargs[param] = values[slot]
@@ -274,6 +282,99 @@ class Executor:
         for name in self.function.outputs:
             outputs[name] = self.constants[name] if name in self.constants else values[self.slot_of[name]]
         return outputs, records
+
+    # ---- what-if variants (``coreml-parity audit``): built once, no cost to the steps they leave alone ------------
+    def _overridden_steps(self, overrides: Mapping[str, Any]) -> list[Step]:
+        by_slot = {self.slot_of[name]: value for name, value in overrides.items() if name in self.slot_of}
+        unknown = sorted(set(overrides) - set(self.slot_of))
+        if unknown:
+            raise ValueError(f"{self.source}: overrides name {unknown[:5]}, which no op of function "
+                             f"{self.function.name!r} produces")
+        steps = []
+        for step in self.steps:
+            hits = [i for i, slot in enumerate(step.out_slots) if slot in by_slot]
+            if not hits:
+                steps.append(step)
+                continue
+            given = {i: torch.as_tensor(np.asarray(by_slot[step.out_slots[i]])) for i in hits}
+            single = len(step.out_slots) == 1
+            rules = [replace(rule, round_fp16=False) if i in given else rule for i, rule in enumerate(step.out_rules)]
+            steps.append(replace(step, fn=_replacing(step.fn, given, single), out_rules=rules))
+        return steps
+
+    def with_fp16_ops(self, fp16_inputs: Mapping[str, Collection[str]]) -> Executor:
+        """A copy computing what a mixed-precision export of this program would: the ops named in ``fp16_inputs``
+        compute in fp16 -- their inputs named there (param names) are rounded to fp16 on the way in, like the casts
+        coremltools inserts before an fp16 op, and their float outputs are stored fp16 -- and every other op stores
+        fp32. Meant for an fp32 program (its weights stay fp32 where ops stay fp32) or an fp16 one run with fp32
+        storage. Constant inputs are rounded once, here, the way coremltools' ``add_fp16_cast`` does (a small
+        constant whose non-zero entries would flush to zero gets fp16's smallest subnormal instead); variable
+        inputs by a wrapper around the listed ops' kernels only."""
+        variant = copy.copy(self)
+        steps = []
+        for step in self.steps:
+            params = fp16_inputs.get(step.op.name)
+            if params is None:
+                steps.append(replace(step, out_rules=[replace(r, round_fp16=False) for r in step.out_rules]))
+                continue
+            params = set(params)
+            const_kwargs = {k: (_fp16_constant(v) if k in params else v) for k, v in step.const_kwargs.items()}
+            list_kwargs = [(param, [(is_slot, v if is_slot or param not in params else _fp16_constant(v))
+                                    for is_slot, v in items]) for param, items in step.list_kwargs]
+            rounded = tuple(p for p in params if any(p == q for q, _ in step.var_kwargs)
+                            or any(p == q for q, _ in step.list_kwargs))
+            rules = [replace(r, round_fp16=r.dtype == torch.float32) for r in step.out_rules]
+            fn = _rounding_inputs(step.fn, rounded) if rounded else step.fn
+            steps.append(replace(step, fn=fn, const_kwargs=const_kwargs, list_kwargs=list_kwargs, out_rules=rules))
+        variant.steps = steps
+        return variant
+
+
+_FP16_TINY = float(np.finfo(np.float16).smallest_subnormal)
+
+
+def _fp16_constant(value: Any) -> Any:
+    """A constant as coremltools casts it to fp16 for an fp16 op (float values only; see ``with_fp16_ops``)."""
+    if isinstance(value, float):
+        rounded = float(np.float16(value))
+        return math.copysign(_FP16_TINY, value) if rounded == 0.0 and value != 0.0 else rounded
+    if isinstance(value, list):
+        return [_fp16_constant(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+        rounded = round_to_fp16(value)
+        if value.numel() < 400:  # coremltools' rule (``_check_underflow_to_zero``) for small constants
+            flushed = (rounded == 0) & (value != 0)
+            if bool(flushed.any()):
+                rounded = torch.where(flushed, torch.sign(value) * _FP16_TINY, rounded)
+        return rounded
+    return value
+
+
+def _rounding_inputs(fn, params: tuple[str, ...]):
+    def run(**kwargs):
+        for p in params:
+            v = kwargs.get(p)
+            if isinstance(v, torch.Tensor):
+                if v.dtype == torch.float32:
+                    kwargs[p] = round_to_fp16(v)
+            elif isinstance(v, list):
+                kwargs[p] = [round_to_fp16(x) if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else x
+                             for x in v]
+        return fn(**kwargs)
+
+    return run
+
+
+def _replacing(fn, given: dict[int, torch.Tensor], single: bool):
+    def run(**kwargs):
+        if single:
+            return given[0]
+        result = list(fn(**kwargs))
+        for i, value in given.items():
+            result[i] = value
+        return tuple(result)
+
+    return run
 
 
 class _InputOp:
