@@ -212,3 +212,30 @@ def test_publish_takes_what_export_wrote_and_refuses_it_once_a_file_changed(toy,
     capsys.readouterr()
     assert main(["publish", str(failed), "--repo", "org/toy-coreml", "--dry-run"]) == 2
     assert "bad" in capsys.readouterr().err
+
+
+def test_a_recipe_export_is_held_to_the_quality_the_recipe_was_made_for(toy, capsys):
+    """--recipe: the component compressed as the recipe says, checked against the task minimums and the recipe's
+    own target quality vs the fp16 package; a target the package misses leaves it out."""
+    import importlib
+
+    from conversions import quantize
+
+    (toy / "none").mkdir()
+    family = importlib.import_module("toyrelease_family")
+    mlmodel = family.convert(family.build({}), "fp16")
+    recipe = quantize.sensitivity_recipe(mlmodel, lambda m: 1.0, candidate="palettize-8bit", target_quality=0.9)
+    path = quantize.save_recipe(recipe, toy / "recipe.json")
+    out = toy / "mixed"
+    assert _export(toy, "--components", "good", "--recipe", str(path), "--out", str(out)) == 0
+    meta = json.loads((out / "good" / "metadata.json").read_text())
+    assert meta["package"] == "toyrelease-good-recipe.mlpackage" and meta["compression"]["strategy"] == "recipe"
+    quality = meta["checks"][0]["outputs"]["p"]["quality_vs_baseline"]
+    assert 0.9 <= quality < 1.0
+
+    strict = quantize.save_recipe({**recipe, "target_quality": 1.0}, toy / "strict.json")
+    capsys.readouterr()
+    assert _export(toy, "--components", "good", "--recipe", str(strict), "--out", str(toy / "strict")) == 1
+    assert "< the recipe's target 1.0" in capsys.readouterr().out
+    # a recipe names one component's ops
+    assert _export(toy, "--recipe", str(path), "--out", str(toy / "two")) == 2
