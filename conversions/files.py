@@ -4,12 +4,14 @@ prediction outputs, cached models) is written to a temporary file in the same di
 - :func:`atomic_write` (bytes or text): readers see the old file or the whole new one, never a part;
 - :func:`atomic_path`: a context manager yielding a temporary path in the destination's directory for writers that
   want a file name (``np.savez``, ``model.save_to``, ``mlmodel.save``), renamed into place on success and removed
-  on any failure.
+  on any failure;
+- :func:`sha256_file`: the digest that verifies what is cached or shipped (read in 1 MB blocks).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -55,3 +57,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MB blocks (packages hold weight files of hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
-import hashlib
 import os
 import re
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, constants, get_token
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
+from .files import sha256_file
 from .model_card import (
     CARD_FILE,
     METADATA_FILE,
@@ -131,11 +131,6 @@ def _listing(kind: str, paths: list[str]) -> str:
     return f"  {kind} ({len(paths)}): {shown}{more}"
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _upload_order(paths) -> list[str]:
     """upload_folder's order: sorted as paths (by parts), which is not plain string order ("a-b" vs "a/b")."""
     return sorted(paths, key=lambda p: p.split("/"))
@@ -184,7 +179,7 @@ def _check_files(root: Path, release: Release) -> list[str]:
     uploadable = set(uploadable_files(root))
     missing = sorted(p for p in listed if p not in on_disk)
     ignored = sorted(p for p in listed if p in on_disk and p not in uploadable)
-    changed = sorted(p for p in listed if p in uploadable and _sha256(root / p) != listed[p])
+    changed = sorted(p for p in listed if p in uploadable and sha256_file(root / p) != listed[p])
     unexpected = sorted(uploadable - set(listed) - {RELEASE_FILE, CARD_FILE})
     problems = [_listing(kind, paths) for kind, paths in (
         ("changed since export (sha256 differs)", changed), ("missing", missing),

@@ -30,7 +30,6 @@ place at the end: an interrupted export leaves no half-written release.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import registry
+from .files import sha256_file
 
 RELEASE_FORMAT = 1
 MANIFEST = "release.json"
@@ -207,7 +207,7 @@ def _recipe_package(session, family, component, recipe: dict, recipe_path: Path)
 
     model, weights = session.reference(family)
     options = {"family": family.name, "component": component.name, "precision": "fp16",
-               "target": recipe["min_target"], "recipe": hashlib.sha256(recipe_path.read_bytes()).hexdigest(),
+               "target": recipe["min_target"], "recipe": sha256_file(recipe_path),
                "quantize_source": file_digest(quantize.__file__)}
     key = export_key(component.convert, weights, options)
     base = session.package(family, component, "fp16", recipe["min_target"])
@@ -224,20 +224,20 @@ def _spec(spec) -> dict:
             "dtype": np.dtype(spec.dtype).name}
 
 
-def _package_metadata(family, component, package_path: Path, precision: str, compression: dict | None,
+def _package_metadata(family, component, package, precision: str, compression: dict | None,
                       checks: list[dict], versions: dict) -> dict:
     from .export import package_metadata
     from .runtime import load_model
 
-    loaded = load_model(package_path, backend="mil")
-    recorded = package_metadata(package_path)
+    loaded = load_model(package.path, backend="mil")
+    recorded = package_metadata(package.path)
     return {
         "family": family.name, "component": component.name, "package": None, "compiled": None, "compiled_note": None,
         "inputs": [_spec(s) for s in loaded.inputs], "outputs": [_spec(s) for s in loaded.outputs],
         "state": dict(component.state or {}), "audio_ms_per_call": component.audio_ms_per_call,
         "precision": precision, "compute_precision": recorded.get("compute_precision"),
         "deployment_target": recorded.get("deployment_target"), "compression": compression,
-        "size_bytes": sum(f.stat().st_size for f in package_path.rglob("*") if f.is_file()),
+        "size_bytes": package.size_bytes,
         "tool_versions": versions, "checks": checks, "passed": all(c["passed"] for c in checks),
     }
 
@@ -298,7 +298,7 @@ def _export_component(session, family, component, args, baselines, recipe, stagi
     if failed:
         worst = failed[0]
         return ComponentResult(name, False, checks, failure=f"{worst['variant']}: {worst['failure']}")
-    metadata = _package_metadata(family, component, package.path, "fp16" if compression else precision,
+    metadata = _package_metadata(family, component, package, "fp16" if compression else precision,
                                  _jsonable(compression), checks, versions)
     suffix = strategy or ("recipe" if recipe is not None else precision)
     target_dir = staging / name
@@ -319,11 +319,7 @@ def file_digests(directory: Path) -> dict[str, str]:
         relative = path.relative_to(directory).as_posix()
         if relative in (MANIFEST, CARD):
             continue
-        h = hashlib.sha256()
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                h.update(block)
-        digests[relative] = h.hexdigest()
+        digests[relative] = sha256_file(path)
     return digests
 
 
@@ -343,7 +339,7 @@ def _clip_info(family) -> dict:
     path = Path(family.clip_path)
     info = {"path": str(path), "sha256": None, "seconds": None, "sample_rate": None}
     try:
-        info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        info["sha256"] = sha256_file(path)
         clip = np.asarray(family.load_clip())
         from .audio import SAMPLE_RATE
 

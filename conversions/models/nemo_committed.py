@@ -9,7 +9,6 @@ the same weights give the same bytes) and, written last, ``manifest.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from conversions.files import sha256_file  # noqa: F401  (the project's file digest; used below and by the families)
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.vocab", "vocab.txt")
 WEIGHTS_FILE = "weights.npz"
@@ -30,14 +31,6 @@ _NPZ_DATE = (1980, 1, 1, 0, 0, 0)  # weights.npz members' zip timestamp
 
 class TinyModelDataError(RuntimeError):
     """The committed tiny-model files are missing, altered, or do not fit the model they are loaded into."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def state_dict_arrays(model) -> dict[str, np.ndarray]:
