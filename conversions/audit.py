@@ -1352,10 +1352,12 @@ def _find_component(spec: str):
     from . import registry
 
     family_name, sep, component_name = spec.partition("/")
-    families = registry.families()
-    known = [f"{f.name}/{c.name}" for f in families for c in f.components]
-    family = next((f for f in families if f.name == family_name), None)
+    try:
+        family = registry.find_family(family_name)
+    except KeyError:
+        family = None
     if not sep or family is None or component_name not in [c.name for c in family.components]:
+        known = [f"{f.name}/{c.name}" for f in registry.families() for c in f.components]
         raise UsageError(f"{spec!r} is neither a package nor a known FAMILY/COMPONENT; known: {', '.join(known)}")
     return family, family.component(component_name)
 

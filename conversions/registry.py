@@ -449,6 +449,14 @@ def families() -> tuple[ModelFamily, ...]:
     return tuple(found)
 
 
+def find_family(name: str) -> ModelFamily:
+    """The declared family called ``name``; ``KeyError`` naming the known ones if there is none."""
+    known = {f.name: f for f in families()}
+    if name not in known:
+        raise KeyError(f"unknown family {name!r}; known: {', '.join(sorted(known))}")
+    return known[name]
+
+
 @dataclass(frozen=True)
 class Variant:
     """Where and how a converted component runs: ``mil-fp16`` is the fp16 program on the portable runtime with

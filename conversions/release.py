@@ -355,10 +355,10 @@ def _clip_info(family) -> dict:
 
 
 def find_family(name: str, option_values: dict) -> registry.ModelFamily:
-    known = {f.name: f for f in registry.families()}
-    if name not in known:
-        raise ReleaseError(f"unknown family {name!r}; known: {', '.join(sorted(known))}")
-    family = known[name]
+    try:
+        family = registry.find_family(name)
+    except KeyError as e:
+        raise ReleaseError(e.args[0]) from None
     values = {o.dest: option_values.get(o.dest) for o in family.options}
     try:
         return family.with_options(values)

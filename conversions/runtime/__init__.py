@@ -4,8 +4,10 @@
 - ``backend="coreml"``: Apple's Core ML runtime through coremltools (macOS only).
 - ``backend="auto"``: ``coreml`` on macOS, ``mil`` elsewhere.
 
-Both return an object with ``predict(dict[str, ndarray]) -> dict[str, ndarray]``, ``inputs`` and ``outputs``
-(lists of :class:`TensorSpec`), and give the same names, shapes and dtypes for the same model.
+Both return an object with ``predict(dict[str, ndarray], state=None) -> dict[str, ndarray]``, ``inputs``,
+``outputs`` and ``states`` (lists of :class:`TensorSpec`; ``states`` is empty unless the model is an iOS 18 stateful
+model), and ``make_state()`` for a stateful model (its result goes to every ``predict(..., state=...)``); both give
+the same names, shapes and dtypes for the same model.
 """
 
 from __future__ import annotations

@@ -2,18 +2,20 @@
 
 Predictions go through ``coremltools.models.MLModel`` with the requested compute units. Inputs are cast to the
 declared dtypes before the call and outputs to the declared dtypes after it, so both backends return the same
-names, shapes and dtypes.
+names, shapes and dtypes. A stateful model (iOS 18) takes the ``state`` of ``make_state()`` (coremltools' ``MLState``,
+macOS 15+) like the portable runtime's ``MILState``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import weakref
 
 import numpy as np
 
 from .errors import BackendUnavailableError
-from .io import check_feeds, specs_from_description
+from .io import check_feeds, feature_value, specs_from_description, state_specs_from_description
 
 
 
@@ -42,13 +44,32 @@ class CoreMLModel:
         description = self.mlmodel.get_spec().description
         self.inputs = specs_from_description(description.input)
         self.outputs = specs_from_description(description.output)
+        self.states = state_specs_from_description(getattr(description, "state", ()))
+        self._made_states = weakref.WeakSet()  # the MLStates of make_state(), to refuse another model's
 
     def __repr__(self) -> str:
         return f"CoreMLModel({self.source!r}, compute_units={self.compute_units})"
 
-    def predict(self, inputs, trace: bool = False):
+    def make_state(self):
+        """New state buffers (zeros) for this stateful model: coremltools' ``MLState`` (macOS 15+)."""
+        if not self.states:
+            raise ValueError(f"{self.source}: this model has no states (it is not an iOS 18 stateful model)")
+        state = self.mlmodel.make_state()
+        self._made_states.add(state)
+        return state
+
+    def predict(self, inputs, state=None, *, trace: bool = False):
         if trace:
             raise NotImplementedError("Core ML does not expose intermediates; trace with backend='mil'")
+        if state is None and self.states:
+            raise ValueError(f"{self.source}: this model is stateful (states: " + "; ".join(str(s) for s in self.states)
+                             + "); pass state=model.make_state() to predict() and reuse it across calls")
+        if state is not None and not self.states:
+            raise ValueError(f"{self.source}: this model has no states, but predict() was given state={state!r}")
+        if state is not None and state not in self._made_states:
+            raise ValueError(f"{self.source}: the state was not made by this model's make_state(); use this model's")
         feeds = check_feeds(self.inputs, inputs, self.source)
-        raw = self.mlmodel.predict(feeds)
-        return {spec.name: np.asarray(raw[spec.name]).astype(spec.dtype, copy=False) for spec in self.outputs}
+        raw = self.mlmodel.predict(feeds) if state is None else self.mlmodel.predict(feeds, state=state)
+        # Arrays are cast to their declared dtype; a classifier's label / dictionary stay Python values (feature_value).
+        return {spec.name: (np.asarray(raw[spec.name]).astype(spec.dtype, copy=False) if spec.is_array
+                            else feature_value(spec, raw[spec.name])) for spec in self.outputs}

@@ -17,6 +17,16 @@ ARRAY_DTYPES = {
     _ARRAY.INT8: np.dtype(np.int8),
 }
 
+# Non-array features (a classifier's outputs): feature type -> (kind, dtype of the value). A dictionary's dtype is
+# that of its values (Core ML dictionaries map string or int64 keys to doubles).
+SCALAR_FEATURES = {
+    "stringType": ("string", np.dtype(object)),
+    "int64Type": ("int64", np.dtype(np.int64)),
+    "doubleType": ("double", np.dtype(np.float64)),
+    "dictionaryType": ("dictionary", np.dtype(np.float64)),
+}
+_DICT_KEYS = {"stringKeyType": "string", "int64KeyType": "int64"}
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -25,6 +35,11 @@ class TensorSpec:
     ``shape`` is the default shape. ``shape_range`` holds per-dimension ``(lower, upper)`` bounds for a
     RangeDim input (``upper`` is ``None`` when unbounded); ``enumerated_shapes`` the allowed shapes of an
     EnumeratedShapes input. Both are ``None`` for a fixed shape.
+
+    ``kind`` is ``"array"`` for a multi-array; a classifier's outputs are ``"string"`` or ``"int64"`` (the
+    predicted label) and ``"dictionary"`` (label -> probability, keys of ``key_kind`` ``"string"`` or
+    ``"int64"``); ``"double"`` is a single float. Those have shape ``()`` and come back from ``predict`` as Core
+    ML's Python binding returns them (``str``, ``int``, ``float``, ``dict``), see :func:`feature_value`.
     """
 
     name: str
@@ -32,6 +47,12 @@ class TensorSpec:
     dtype: np.dtype
     shape_range: tuple[tuple[int, int | None], ...] | None = None
     enumerated_shapes: tuple[tuple[int, ...], ...] | None = None
+    kind: str = "array"
+    key_kind: str | None = None
+
+    @property
+    def is_array(self) -> bool:
+        return self.kind == "array"
 
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         if self.enumerated_shapes is not None:
@@ -51,6 +72,10 @@ class TensorSpec:
         return str(list(self.shape))
 
     def __str__(self) -> str:
+        if self.kind == "dictionary":
+            return f"{self.name}: dictionary<{self.key_kind}, double>"
+        if not self.is_array:
+            return f"{self.name}: {self.kind}"
         return f"{self.name}: {self.dtype.name} {self.shape_text()}"
 
 
@@ -58,9 +83,13 @@ def specs_from_description(features) -> list[TensorSpec]:
     specs = []
     for feature in features:
         kind = feature.type.WhichOneof("Type")
+        if kind in SCALAR_FEATURES:
+            specs.append(_scalar_spec(feature, kind))
+            continue
         if kind != "multiArrayType":
             raise NotImplementedError(
-                f"feature {feature.name!r} is of type {kind!r}; only multi-array inputs and outputs are supported"
+                f"feature {feature.name!r} is of type {kind!r}; only multi-array features and a classifier's "
+                "string/int64/dictionary outputs are supported"
             )
         arr = feature.type.multiArrayType
         dtype = ARRAY_DTYPES.get(arr.dataType)
@@ -83,6 +112,51 @@ def specs_from_description(features) -> list[TensorSpec]:
     return specs
 
 
+def _scalar_spec(feature, kind: str) -> TensorSpec:
+    name, dtype = SCALAR_FEATURES[kind]
+    key_kind = None
+    if name == "dictionary":
+        key = feature.type.dictionaryType.WhichOneof("KeyType")
+        key_kind = _DICT_KEYS.get(key)
+        if key_kind is None:
+            raise NotImplementedError(f"feature {feature.name!r} is a dictionary with key type {key!r}; "
+                                      "string and int64 keys are supported")
+    return TensorSpec(feature.name, (), dtype, kind=name, key_kind=key_kind)
+
+
+def feature_value(spec: TensorSpec, value):
+    """A non-array output (``spec.kind`` not ``"array"``) as Core ML's Python binding returns it: a label as
+    ``str`` or ``int``, a double as ``float``, a dictionary as ``{label: float}``."""
+    if spec.kind == "string":
+        return value if isinstance(value, str) else str(np.asarray(value).item())
+    if spec.kind == "int64":
+        return int(np.asarray(value).item())
+    if spec.kind == "double":
+        return float(np.asarray(value).item())
+    if spec.kind == "dictionary":
+        if not isinstance(value, dict):
+            raise TypeError(f"output {spec.name!r} is a dictionary, got {type(value).__name__}")
+        to_key = str if spec.key_kind == "string" else int
+        return {to_key(k): float(v) for k, v in value.items()}
+    raise ValueError(f"output {spec.name!r} is a multi-array, not a {spec.kind} feature")
+
+
+def state_specs_from_description(features) -> list[TensorSpec]:
+    """The states (iOS 18) a model or function description declares (its ``state`` field), one spec each: name,
+    shape and dtype of the buffer. Core ML states wrap fixed-shape multi-arrays (fp16 in every converted model)."""
+    specs = []
+    for feature in features:
+        kind = feature.type.WhichOneof("Type")
+        if kind != "stateType" or feature.type.stateType.WhichOneof("Type") != "arrayType":
+            raise NotImplementedError(f"state {feature.name!r} is of type {kind!r}; only multi-array states are supported")
+        arr = feature.type.stateType.arrayType
+        dtype = ARRAY_DTYPES.get(arr.dataType)
+        if dtype is None:
+            raise NotImplementedError(f"state {feature.name!r} has unsupported array data type {arr.dataType}")
+        specs.append(TensorSpec(feature.name, tuple(int(d) for d in arr.shape), dtype))
+    return specs
+
+
 def check_feeds(specs: list[TensorSpec], feeds: dict, model: str) -> dict[str, np.ndarray]:
     """Validate ``feeds`` against the declared inputs; return them as arrays of the declared dtypes.
 
@@ -102,6 +176,9 @@ def check_feeds(specs: list[TensorSpec], feeds: dict, model: str) -> dict[str, n
         )
     checked = {}
     for name, spec in by_name.items():
+        if not spec.is_array:
+            raise NotImplementedError(f"{model}: input {name!r} is a {spec.kind} feature; only multi-array inputs "
+                                      "are supported")
         value = feeds[name]
         arr = np.asarray(value)
         if arr.dtype == object or arr.dtype.kind not in "fiub":

@@ -277,21 +277,48 @@ def _program_with(op_builder, target="iOS17"):
                       compute_precision=ct.precision.FLOAT32)
 
 
-def test_control_flow_fails_clearly():
+def test_unknown_op_with_blocks_and_cond_without_blocks_fail_clearly(tmp_path):
+    # cond and while_loop run (tests/runtime/test_control_flow.py); an op with nested blocks of any other type is
+    # refused at load time, and so is a cond whose blocks are missing.
     def build(mb, x):
         pred = mb.greater(x=mb.reduce_sum(x=x), y=0.0)
         return mb.cond(pred=pred, _true_fn=lambda: mb.add(x=x, y=1.0), _false_fn=lambda: mb.sub(x=x, y=1.0))
 
-    with pytest.raises(NotImplementedError, match=r"'cond' \(op '.+', opset CoreML7\) is control flow"):
-        load_model(_program_with(build), backend="mil")
+    def cond_op(spec):
+        fn = spec.mlProgram.functions["main"]
+        (op,) = [op for op in fn.block_specializations[fn.opset].operations if op.type == "cond"]
+        return op
+
+    for name, edit, error, message in [
+        ("renamed", lambda spec: setattr(cond_op(spec), "type", "switch_case"), NotImplementedError,
+         r"'switch_case' \(op '.+', opset CoreML7\) has nested blocks; the portable runtime executes blocks of "
+         r"cond and while_loop only"),
+        ("blockless", lambda spec: cond_op(spec).ClearField("blocks"), ModelPackageError,
+         r"op '.+' \(cond\) has 0 blocks; cond needs 2 \(true and false branch\)"),
+    ]:
+        path = tmp_path / f"{name}.mlpackage"
+        _program_with(build).save(str(path))
+        edit_package_spec(path, edit)
+        with pytest.raises(error, match=message):
+            load_model(path, backend="mil")
 
 
-def test_random_op_fails_clearly():
+def test_op_without_kernel_fails_clearly(tmp_path):
+    # Every core op but _const_symbolic has a kernel (tests/runtime/test_op_coverage.py, which also checks that one's
+    # error): an op type the runtime does not know stands in for an unsupported op.
     def build(mb, x):
-        return mb.add(x=x, y=mb.random_uniform(shape=np.array([2, 3], np.int32), low=0.0, high=1.0))
+        return mb.add(x=x, y=1.0, name="unknown")
 
-    with pytest.raises(NotImplementedError, match=r"'random_uniform' \(op '.+', opset CoreML7\) is not supported"):
-        load_model(_program_with(build), backend="mil")
+    def rename(spec):
+        fn = spec.mlProgram.functions["main"]
+        (op,) = [op for op in fn.block_specializations[fn.opset].operations if op.type == "add"]
+        op.type = "frobnicate"
+
+    path = tmp_path / "unknown_op.mlpackage"
+    _program_with(build).save(str(path))
+    edit_package_spec(path, rename)
+    with pytest.raises(NotImplementedError, match=r"'frobnicate' \(op 'unknown', opset CoreML7\) is not supported"):
+        load_model(path, backend="mil")
 
 
 @pytest.mark.skipif(coreml_available(), reason="checks the error raised where Core ML is absent (non-macOS)")

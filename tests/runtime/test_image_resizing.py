@@ -245,28 +245,37 @@ def test_builder_nearest_crop_and_upsample_bilinear_half_pixel(precision, h, w, 
 BOX_MODES = ["CORNERS_HEIGHT_FIRST", "CORNERS_WIDTH_FIRST", "CENTER_SIZE_HEIGHT_FIRST", "CENTER_SIZE_WIDTH_FIRST"]
 
 
+def crop_positions(start, end, n, mode):
+    """Source positions of a crop_resize box from ``start`` to ``end`` (pixels) sampled at ``n`` points."""
+    length = end - start
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if n == 1:
+            rel = np.full(1, length / 2 if mode == "ALIGN_CORNERS" else 0.0)
+        else:
+            rel = np.arange(n) * length / (n - 1)
+    elif mode == "DEFAULT":
+        rel = np.arange(n) * (length + 1) / n
+    elif mode == "OFFSET_CORNERS":
+        rel = (np.arange(n) + 0.5) * max(1.0, length) / n
+    else:
+        rel = (np.arange(n) + 0.5) * (length + 1) / n - 0.5
+    return start + np.clip(rel, min(0, length), max(0, length))
+
+
+def unalign_box_unknown(box_hw, th, tw, height, width) -> bool:
+    """An UNALIGN_CORNERS box for which Core ML's rule is unknown: inverted, or sampling outside the image."""
+    (h0, w0, h1, w1) = box_hw
+    ys, xs = crop_positions(h0, h1, th, "UNALIGN_CORNERS"), crop_positions(w0, w1, tw, "UNALIGN_CORNERS")
+    outside = (ys < 0).any() or (ys > height - 1).any() or (xs < 0).any() or (xs > width - 1).any()
+    return bool(outside or h1 < h0 or w1 < w0)
+
+
 def crop_resize_reference(image, box_hw, th, tw, mode, pad_value):
     """One [C, th, tw] crop: bilinear reads on the sampling-mode grid from box start to end, pad_value
     outside the image (TensorFlow's crop_and_resize rule)."""
     (h0, w0, h1, w1) = box_hw
     height, width = image.shape[-2:]
-
-    def positions(start, end, n):
-        length = end - start
-        if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
-            if n == 1:
-                rel = np.full(1, length / 2 if mode == "ALIGN_CORNERS" else 0.0)
-            else:
-                rel = np.arange(n) * length / (n - 1)
-        elif mode == "DEFAULT":
-            rel = np.arange(n) * (length + 1) / n
-        elif mode == "OFFSET_CORNERS":
-            rel = (np.arange(n) + 0.5) * max(1.0, length) / n
-        else:
-            rel = (np.arange(n) + 0.5) * (length + 1) / n - 0.5
-        return start + np.clip(rel, min(0, length), max(0, length))
-
-    ys, xs = positions(h0, h1, th), positions(w0, w1, tw)
+    ys, xs = crop_positions(h0, h1, th, mode), crop_positions(w0, w1, tw, mode)
     out = np.full((image.shape[0], th, tw), pad_value, dtype=np.float64)
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
@@ -287,7 +296,12 @@ def test_builder_crop_resize(opset, batch, h, w, n, th, tw, box_mode, sampling, 
     """iOS16 (``roi`` [N,1,5,1,1] with image index) and iOS17 (``boxes`` + ``box_indices``) forms."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 2, h, w)).astype(np.float32)
-    corners = rng.uniform(-0.5, 1.2, (n, 4)) * ([1, 1, 1, 1] if normalized else [h - 1, w - 1] * 2)
+    corners = rng.uniform(-0.5, 1.2, (n, 4))
+    if sampling == "UNALIGN_CORNERS" and rng.random() < 0.75:
+        # mostly boxes inside the image, start <= end: Core ML's rule for the others is unknown (refused)
+        hs, ws = np.sort(rng.uniform(0, 1, (n, 2)), 1), np.sort(rng.uniform(0, 1, (n, 2)), 1)
+        corners = np.stack([hs[:, 0], ws[:, 0], hs[:, 1], ws[:, 1]], 1)
+    corners = corners * ([1, 1, 1, 1] if normalized else [h - 1, w - 1] * 2)
     spatial_scale = 1.0 if normalized else float(rng.choice([0.5, 1.0]))
     hw = corners / spatial_scale  # the op multiplies by spatial_scale
     a, b, c, d = hw.T  # (h_start, w_start, h_end, w_end) before the scaling
@@ -312,8 +326,6 @@ def test_builder_crop_resize(opset, batch, h, w, n, th, tw, box_mode, sampling, 
             return mb.crop_resize(x=image, roi=roi.reshape(n, 1, -1, 1, 1), **common)
         return mb.crop_resize(x=image, boxes=boxes, box_indices=indices, **common)
 
-    kinds, (got,) = run_program(prog, {"image": x}, target=opset)
-    assert "crop_resize" in kinds
     scale = np.array([h - 1, w - 1] * 2) if normalized else 1.0
     # the reference reads the box back from the float32 numbers the op received
     b32 = boxes.astype(np.float64)
@@ -323,6 +335,12 @@ def test_builder_crop_resize(opset, batch, h, w, n, th, tw, box_mode, sampling, 
             "CENTER_SIZE_WIDTH_FIRST": np.stack([b32[:, 1] - b32[:, 3] / 2, b32[:, 0] - b32[:, 2] / 2,
                                                  b32[:, 1] + b32[:, 3] / 2, b32[:, 0] + b32[:, 2] / 2], 1)}[box_mode]
     pixel_boxes = back * np.float32(spatial_scale) * scale
+    if sampling == "UNALIGN_CORNERS" and any(unalign_box_unknown(b, th, tw, h, w) for b in pixel_boxes):
+        with pytest.raises(NotImplementedError, match="UNALIGN_CORNERS is undocumented"):
+            run_program(prog, {"image": x}, target=opset)
+        return
+    kinds, (got,) = run_program(prog, {"image": x}, target=opset)
+    assert "crop_resize" in kinds
     images = [[indices[k]] if (opset == "iOS17" or roi_with_index) else range(batch) for k in range(n)]
     expected = np.stack([
         np.stack([crop_resize_reference(x[i].astype(np.float64), pixel_boxes[k], th, tw, sampling, -3.0)
@@ -332,6 +350,33 @@ def test_builder_crop_resize(opset, batch, h, w, n, th, tw, box_mode, sampling, 
         expected = expected[:, 0]
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("opset", ["iOS15", "iOS16"])
+def test_crop_resize_unalign_corners_box_outside_the_image_is_refused(opset):
+    """coremltools' iOS15 TestCropResize (run on device for the iOS15 and iOS16 opsets): roi [2, 2, 1, 1],
+    normalized_coordinates=True, UNALIGN_CORNERS, a 2x2 crop of arange(1, 17).reshape(4, 4) gives Core ML's
+    [[3.5, 5.5], [11.5, 13.5]]: no padding, reads inside the image. No documented rule produces that, so the
+    runtime refuses the box instead of returning zeros (what it did) or guessing. The same image and sampling
+    mode with the box [0, 0, 1, 1] (the whole image, in range) reads rows/columns (0 + 0.5) * 4/2 - 0.5 = 0.5
+    and 2.5 by the spec's UNALIGN_CORNERS grid: the 2x2 block means, by hand."""
+    image = np.arange(1, 17, dtype=np.float32).reshape(1, 1, 4, 4)
+
+    def build(box):
+        @mb.program(input_specs=[mb.TensorSpec(shape=image.shape)], opset_version=getattr(ct.target, opset))
+        def prog(img):
+            return mb.crop_resize(x=img, roi=np.array(box, dtype=np.float32).reshape(1, 1, 4, 1, 1), target_height=2,
+                                  target_width=2, normalized_coordinates=True, box_coordinate_mode="CORNERS_HEIGHT_FIRST",
+                                  sampling_mode="UNALIGN_CORNERS")
+        return prog
+
+    with pytest.raises(NotImplementedError, match=r"crop_resize.*\[6\.0, 6\.0, 3\.0, 3\.0\].*4x4.*UNALIGN_CORNERS"):
+        run_program(build([2, 2, 1, 1]), {"img": image}, target=opset)
+    _, (got,) = run_program(build([0, 0, 1, 1]), {"img": image}, target=opset)
+    np.testing.assert_allclose(got.ravel(), [3.5, 5.5, 11.5, 13.5], rtol=1e-6)
+    # Inverted but inside the image: refused as well (no Core ML result to follow).
+    with pytest.raises(NotImplementedError, match="inverted or samples outside"):
+        run_program(build([0.8, 0.2, 0.2, 0.8]), {"img": image}, target=opset)
 
 
 def test_core_ml_results_from_coremltools_op_tests():

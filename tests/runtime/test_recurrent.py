@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conversions.runtime import load_model
+from conversions.runtime.mil.executor import RuntimeOpError
 from conversions.runtime.mil.program import parse_program
 from conversions.runtime.package import open_mlmodel
 from conversions.testing import assert_matches_torch, convert_module
@@ -338,3 +339,52 @@ def test_unknown_activation_is_reported():
     with pytest.raises(NotImplementedError, match="softplus"):
         rnn(x=torch.zeros(1, 1, 1), initial_h=torch.zeros(1, 1), weight_ih=torch.zeros(1, 1),
             weight_hh=torch.zeros(1, 1), activation="softplus")
+
+
+# An initial state whose batch differs from the input's: the spec gives both the same `b` (no broadcasting),
+# coremltools' type inference does not check it, and its torch pack_padded_sequence conversion can emit it.
+# The runtime names the state, both shapes and both batches instead of broadcasting into a wrong shape.
+def _lstm_mismatch(state_batch: int, c_batch: int):
+    rng = np.random.default_rng(0)
+    seq, batch, input_size, hidden = 4, 1, 3, 2
+
+    @mb.program(input_specs=[spec((seq, batch, input_size)), spec((state_batch, hidden)), spec((c_batch, hidden))],
+                opset_version=ct.target.iOS17)
+    def prog(x, initial_h, initial_c):
+        return mb.lstm(x=x, initial_h=initial_h, initial_c=initial_c,
+                       weight_ih=rng.standard_normal((4 * hidden, input_size)).astype(np.float32),
+                       weight_hh=rng.standard_normal((4 * hidden, hidden)).astype(np.float32), output_sequence=True)
+
+    feeds = {"x": np.ones((seq, batch, input_size), np.float32), "initial_h": np.zeros((state_batch, hidden), np.float32),
+             "initial_c": np.zeros((c_batch, hidden), np.float32)}
+    return prog, feeds
+
+
+@pytest.mark.parametrize("h_batch,c_batch,name,got", [(5, 1, "initial_h", 5), (1, 5, "initial_c", 5)])
+def test_lstm_initial_state_batch_mismatch_is_reported(h_batch, c_batch, name, got):
+    prog, feeds = _lstm_mismatch(h_batch, c_batch)
+    with pytest.raises(RuntimeOpError) as info:
+        run_program(prog, feeds, "iOS17", "fp32")
+    message = str(info.value)
+    assert "(lstm)" in message and f"'{name}'" in message
+    assert f"got [{got}, 2]" in message and "[1, 2]" in message  # got vs expected [B, DIRECTIONS*H]
+    assert f"batch {got} does not match the batch 1 of input 'x' [4, 1, 3]" in message
+
+
+@pytest.mark.parametrize("op", ["gru", "rnn"])
+def test_gru_rnn_initial_state_batch_mismatch_is_reported(op):
+    # A batch-1 state over a batch-3 input: torch would broadcast it silently; the spec does not.
+    rng = np.random.default_rng(0)
+    seq, batch, input_size, hidden = 2, 3, 2, 2
+    gates = 3 if op == "gru" else 1
+
+    @mb.program(input_specs=[spec((seq, batch, input_size)), spec((1, hidden))], opset_version=ct.target.iOS17)
+    def prog(x, initial_h):
+        return getattr(mb, op)(x=x, initial_h=initial_h,
+                               weight_ih=rng.standard_normal((gates * hidden, input_size)).astype(np.float32),
+                               weight_hh=rng.standard_normal((gates * hidden, hidden)).astype(np.float32))
+
+    feeds = {"x": np.ones((seq, batch, input_size), np.float32), "initial_h": np.zeros((1, hidden), np.float32)}
+    with pytest.raises(RuntimeOpError, match=rf"\({op}\).*'initial_h' must have shape \[B, H\] = \[3, 2\], got \[1, 2\]: "
+                                             r"its batch 1 does not match the batch 3 of input 'x' \[2, 3, 2\]"):
+        run_program(prog, feeds, "iOS17", "fp32")

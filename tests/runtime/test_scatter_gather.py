@@ -253,10 +253,12 @@ MODES = list(COMBINE)
 
 
 def ref_scatter(data, indices, updates, axis, mode):
+    """Indices of any rank: ``updates`` has dims ``data.shape[:axis] + indices.shape + data.shape[axis+1:]``
+    (coremltools' type inference), and the slice at index position ``pos`` goes to ``indices[pos]``."""
     out = data.copy()
-    for k, where in enumerate(indices):
-        dst = (slice(None),) * axis + (where,)
-        src = (slice(None),) * axis + (k,)
+    for pos in np.ndindex(indices.shape):
+        dst = (slice(None),) * axis + (indices[pos],)
+        src = (slice(None),) * axis + pos
         out[dst] = COMBINE[mode](out[dst], updates[src])
     return out
 
@@ -342,19 +344,32 @@ def _check_every_mode(got, reference):
         np.testing.assert_allclose(out, reference(mode), err_msg=f"mode {mode!r}", **SCATTER_TOL)
 
 
+def _unique_index_shape(data, size: int, rank: int) -> tuple:
+    """An index shape of ``rank`` dims holding at most ``size`` positions (room for distinct indices)."""
+    dims, room = [], size
+    for _ in range(rank):
+        dims.append(data.draw(st.integers(1, room), label="unique dim"))
+        room //= dims[-1]
+    return tuple(dims)
+
+
 @_opsets("iOS15", "iOS17")
+@pytest.mark.parametrize("index_rank", [1, 2, 3])
 @given(shape=st.sampled_from([(5,), (4, 3), (2, 3, 4)]), data=st.data(), seed=SEEDS)
-def test_scatter_modes(opset, negative, shape, data, seed):
+def test_scatter_modes(opset, negative, index_rank, shape, data, seed):
     rng = np.random.default_rng(seed)
     axis = data.draw(st.integers(-len(shape), len(shape) - 1), label="axis")
     size = shape[axis]
-    indices = rng.integers(0, size, data.draw(st.sampled_from([1, 3, 6]), label="picks")).astype(np.int32)
-    unique = rng.permutation(size)[: data.draw(st.integers(1, size), label="unique picks")].astype(np.int32)
+    index_shape = tuple(data.draw(st.lists(st.sampled_from([1, 2, 3]), min_size=index_rank - 1,
+                                           max_size=index_rank - 1), label="index dims"))
+    index_shape += (data.draw(st.sampled_from([1, 3, 6]), label="picks"),)
+    indices = rng.integers(0, size, index_shape).astype(np.int32)
+    unique_shape = _unique_index_shape(data, size, index_rank)
+    unique = rng.permutation(size)[: int(np.prod(unique_shape))].reshape(unique_shape).astype(np.int32)
 
     def updates_for(idx):
-        shape_ = list(shape)
-        shape_[axis] = len(idx)
-        return _values(rng, shape_, positive_magnitude=True)
+        a = axis % len(shape)
+        return _values(rng, shape[:a] + idx.shape + shape[a + 1:], positive_magnitude=True)
 
     x, updates, unique_updates = _values(rng, shape), updates_for(indices), updates_for(unique)
     feeds = [x, indices, updates, unique, unique_updates]
@@ -425,6 +440,25 @@ def test_scatter_on_int32_data():
     # The spec's own example.
     got = run_builder(_scatter_program, "iOS17", [data, np.array([1, 0], np.int32), updates[:2]], 0, "add")
     np.testing.assert_array_equal(got, [[9, 11, 13], [9, 11, 13]])
+
+
+@pytest.mark.parametrize("opset", ["iOS15", "iOS17"])
+def test_scatter_with_2d_indices(opset):
+    # The independent check's case: indices of rank 2 address rows of a 3x2 `data`; `updates` has shape
+    # indices.shape + data.shape[1:] = (2, 2, 2). Row 2 is hit twice (positions (0, 1) and (1, 0)).
+    data = np.array([[1, 2], [3, 4], [5, 6]], np.float32)
+    indices = np.array([[0, 2], [2, 1]], np.int32)
+    updates = np.array([[[10, 20], [30, 40]], [[50, 60], [70, 80]]], np.float32)
+    got = run_builder(_scatter_program, opset, [data, indices, updates], 0, "add", expect_op="scatter")
+    np.testing.assert_array_equal(got, [[11, 22], [73, 84], [85, 106]])
+    got = run_builder(_scatter_program, opset, [data, indices, updates], 0, "max")
+    np.testing.assert_array_equal(got, [[10, 20], [70, 80], [50, 60]])
+    # Along axis 1 of a 2x3 `data`: updates (2,) + (2, 2) + () = (2, 2, 2), distinct targets for `update`.
+    data = np.zeros((2, 3), np.float32)
+    indices = np.array([[2, 0]], np.int32)
+    updates = np.array([[[1, 2]], [[3, 4]]], np.float32)
+    got = run_builder(_scatter_program, opset, [data, indices, updates], 1, "update")
+    np.testing.assert_array_equal(got, [[2, 0, 1], [4, 0, 3]])
 
 
 # iOS15: negative indices, no batch_dims; iOS16: both; iOS17: batch_dims, indices in [0, size).
@@ -576,6 +610,13 @@ def test_out_of_bounds_index_is_an_error_not_a_value():
                                   x[:, [4]])
     with pytest.raises(RuntimeOpError, match="out of bounds"):
         run_builder(_gather_program, "iOS16", [x, np.array([-6], np.int32)], 1, 0)
+    # scatter with N-D indices: iOS17 still calls a negative index out of bounds, iOS15 still wraps it.
+    data, updates = np.zeros((3, 2), np.float32), np.ones((2, 2, 2), np.float32)
+    indices = np.array([[0, -1], [2, 1]], np.int32)
+    with pytest.raises(RuntimeOpError, match="out of bounds"):
+        run_builder(_scatter_program, "iOS17", [data, indices, updates], 0, "add")
+    np.testing.assert_array_equal(run_builder(_scatter_program, "iOS15", [data, indices, updates], 0, "add"),
+                                  [[1, 1], [1, 1], [2, 2]])
     with pytest.raises(RuntimeOpError, match="out of bounds"):
         run_builder(SCATTER_ND_EVERY_MODE, "iOS17",
                     [x, np.array([[1, 5]], np.int32), np.ones(1, np.float32), np.array([[0, 0]], np.int32),
@@ -587,6 +628,9 @@ def test_unknown_scatter_mode_is_not_implemented():
 
     with pytest.raises(NotImplementedError, match="'xor'"):
         REGISTRY["scatter_nd"].fn(data=torch.zeros(3), indices=torch.tensor([[1]]), updates=torch.ones(1), mode="xor")
+    with pytest.raises(ValueError, match=r"'updates' must have shape .*\[2, 2, 2\].* got \[4, 2\]"):
+        REGISTRY["scatter"].fn(data=torch.zeros(3, 2), indices=torch.tensor([[0, 2], [2, 1]]),
+                               updates=torch.ones(4, 2), mode="add")
     with pytest.raises(NotImplementedError, match="'div' on integer"):
         REGISTRY["scatter"].fn(data=torch.zeros(3, dtype=torch.int32), indices=torch.tensor([1]),
                                updates=torch.ones(1, dtype=torch.int32), mode="div")

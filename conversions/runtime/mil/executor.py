@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,12 +25,13 @@ import numpy as np
 import torch
 
 from ..errors import ModelPackageError
+from .blocks import BLOCK_OPS, compile_block_op
+from .fastpath import compile_plan, run_plan
 from .ops import REGISTRY
 from .ops._util import TORCH_DTYPES
 from .program import NUMPY_DTYPE_BY_NAME, Function, Operation, TensorType
 
 PRECISIONS = ("fp16", "fp32")
-UNSUPPORTED_CONTROL_FLOW = {"cond", "while_loop"}
 
 
 def to_runtime(value: Any) -> Any:
@@ -91,13 +93,20 @@ def round_to_fp16(value: torch.Tensor) -> torch.Tensor:
     return value.to(torch.float16).to(torch.float32)
 
 
+class _Running(threading.local):
+    depth = 0  # executor runs in progress on this thread (a block op's child executors run inside their parent's)
+
+
+_RUNNING = _Running()
+
+
 class RuntimeOpError(RuntimeError):
     """An op failed while the portable runtime executed it."""
 
 
 class Executor:
     def __init__(self, function: Function, precision: str = "fp16", check_shapes: bool = True,
-                 source: str = "<MIL program>"):
+                 source: str = "<MIL program>", outer_constants: Mapping[str, Any] | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.function = function
@@ -105,7 +114,8 @@ class Executor:
         self.precision = precision
         self.check_shapes = check_shapes
         self.types: dict[str, Any] = {v.name: v.type for v in function.inputs}
-        self.constants: dict[str, Any] = {}
+        # outer_constants: constants of enclosing scopes that a nested block reads (see .blocks)
+        self.constants: dict[str, Any] = dict(outer_constants or {})
         self.folded: "OrderedDict[str, Operation]" = OrderedDict()  # constexpr ops evaluated at load time
         self.slot_of: dict[str, int] = {}
         self.steps: list[Step] = []
@@ -135,11 +145,6 @@ class Executor:
         return OutputRule(dtype, round_fp16, shape)
 
     def _kernel(self, op: Operation):
-        if op.has_blocks or op.op_type in UNSUPPORTED_CONTROL_FLOW:
-            raise NotImplementedError(
-                f"MIL op type {op.op_type!r} (op {op.name!r}, opset {self.function.opset}) is control flow, "
-                "which the portable runtime does not execute yet"
-            )
         kernel = REGISTRY.get(op.op_type)
         if kernel is None:
             raise NotImplementedError(
@@ -154,12 +159,16 @@ class Executor:
             # Stored values are already exactly representable in their declared type: no rounding needed.
             self.constants[op.outputs[0].name] = to_runtime(binding.value)
             return
-        kernel = self._kernel(op)
+        if op.has_blocks or op.op_type in BLOCK_OPS:
+            # cond / while_loop: a closure over child executors; their free variables come as input `_free`
+            kernel, inputs = compile_block_op(self, op)
+        else:
+            kernel, inputs = self._kernel(op), op.inputs
         const_kwargs: dict[str, Any] = {}
         var_kwargs: list[tuple[str, int]] = []
         list_kwargs: list[tuple[str, list[tuple[bool, Any]]]] = []
         all_const = True
-        for param, bindings in op.inputs.items():
+        for param, bindings in inputs.items():
             items = []
             for b in bindings:
                 if b.var is None:
@@ -245,10 +254,25 @@ class Executor:
 
         ``overrides`` (variable name -> value) replaces those op outputs by the given values, stored as given (cast
         to the declared dtype, not rounded to fp16): "what would the outputs be if this value were exact?"."""
-        steps = self._overridden_steps(overrides) if overrides else self.steps
-        # fp16 overflow to inf is part of what is emulated: no warnings for it.
-        with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
-            return self._run(feeds, trace, steps)
+        if _RUNNING.depth:  # a nested block's executor (cond / while_loop): the contexts are already entered
+            return self._run_any(feeds, trace, overrides)
+        _RUNNING.depth += 1
+        try:
+            # fp16 overflow to inf is part of what is emulated: no warnings for it.
+            with torch.inference_mode(), np.errstate(over="ignore", invalid="ignore"):
+                return self._run_any(feeds, trace, overrides)
+        finally:
+            _RUNNING.depth -= 1
+
+    def _run_any(self, feeds, trace: bool, overrides):
+        if trace or overrides:  # the plain loop, which records
+            return self._run(feeds, trace, self._overridden_steps(overrides) if overrides else self.steps)
+        # The fast path (see .fastpath), compiled on first use for the current step list (with_fp16_ops variants
+        # have their own list, hence their own plan).
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan.steps is not self.steps:
+            plan = self._plan = compile_plan(self, self.steps)
+        return run_plan(self, plan, feeds), None
 
     def _run(self, feeds: dict[str, torch.Tensor], trace: bool, steps: list[Step]):
         values: list[Any] = [None] * len(self.slot_of)

@@ -60,12 +60,25 @@ class TensorType:
 
 @dataclass(frozen=True)
 class OtherType:
-    """A non-tensor MIL type (list, tuple, dictionary, state) that the runtime carries but does not check."""
+    """A non-tensor MIL type (list, tuple, dictionary) that the runtime carries but does not check."""
 
     kind: str
 
     def __str__(self) -> str:
         return self.kind
+
+
+@dataclass(frozen=True)
+class StateType:
+    """An iOS 18 state (``state<tensor>``): a buffer that persists across predictions; ``wrapped`` is its tensor type.
+
+    Only function inputs have this type; ``read_state`` / ``write_state`` read and write the buffer (see
+    ``ops/state.py``)."""
+
+    wrapped: TensorType
+
+    def __str__(self) -> str:
+        return f"state<{self.wrapped}>"
 
 
 @dataclass
@@ -84,12 +97,29 @@ class Binding:
 
 
 @dataclass
+class Block:
+    """A nested block of a control-flow op (``cond`` branch, ``while_loop`` condition or body).
+
+    ``inputs`` are the block's own variables (for ``while_loop``: the loop variables as the block sees them; a
+    ``cond`` branch takes none); its ops may also read any variable visible where the op owning the block sits
+    (enclosing scopes). ``outputs`` name the variables the block returns, in order."""
+
+    inputs: list[Var]
+    operations: list[Operation]
+    outputs: list[str]
+
+
+@dataclass
 class Operation:
     op_type: str
     name: str
     inputs: dict[str, list[Binding]]
     outputs: list[Var]
-    has_blocks: bool = False
+    blocks: list[Block] = field(default_factory=list)
+
+    @property
+    def has_blocks(self) -> bool:
+        return bool(self.blocks)
 
 
 @dataclass
@@ -108,8 +138,13 @@ class Program:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_type(vt: MIL_pb2.ValueType) -> TensorType | OtherType:
+def parse_type(vt: MIL_pb2.ValueType) -> TensorType | StateType | OtherType:
     kind = vt.WhichOneof("type")
+    if kind == "stateType":
+        wrapped = parse_type(vt.stateType.wrappedType)
+        if not isinstance(wrapped, TensorType):
+            raise ModelPackageError(f"a state wraps a {wrapped}; Core ML states wrap tensors only")
+        return StateType(wrapped)
     if kind != "tensorType":
         return OtherType(kind or "unknown")
     tt = vt.tensorType
@@ -153,8 +188,11 @@ class ValueReader:
 
     def read(self, value: MIL_pb2.Value, what: str) -> Any:
         vtype = parse_type(value.type)
+        if (value.type.WhichOneof("type") == "listType" and value.WhichOneof("value") == "immediateValue"
+                and value.immediateValue.WhichOneof("value") == "list"):
+            return self._list(value.immediateValue.list, what)  # e.g. classify's `classes` (labels)
         if not isinstance(vtype, TensorType):
-            return None  # list/tuple/dictionary values only appear in attributes the runtime does not use
+            return None  # tuple/dictionary values only appear in attributes the runtime does not use
         np_dtype = NUMPY_DTYPE_BY_NAME[vtype.dtype]
         shape = vtype.shape if vtype.shape is not None else None
         count = int(np.prod(shape)) if shape is not None else None
@@ -179,6 +217,14 @@ class ValueReader:
         if flat.size != count:
             raise ModelPackageError(f"{what}: stored {flat.size} elements but its type {vtype} needs {count}")
         return flat.reshape(shape)
+
+    def _list(self, items: MIL_pb2.ListValue, what: str) -> np.ndarray:
+        """An inline list value as a 1-D object array of its items (scalars as Python str/int/float/bool)."""
+        out = np.empty(len(items.values), dtype=object)
+        for i, item in enumerate(items.values):
+            v = self.read(item, f"{what} item {i}")
+            out[i] = v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v
+        return out
 
     @staticmethod
     def _immediate(tensor: MIL_pb2.TensorValue, vtype: TensorType, count: int | None, what: str):
@@ -209,10 +255,13 @@ def check_function(function: Function, source: str, input_names: list[str] | Non
     """Raise :class:`ModelPackageError` if ``function`` is inconsistent in itself or with the model description.
 
     In itself: every variable an op reads is defined before it (by a function input or an earlier op), and every
-    variable the function returns is defined. With the description (when ``input_names`` / ``output_names`` are
-    given): the function takes exactly the declared inputs (plus the declared ``state_names``) and returns exactly
-    the declared outputs. The message names ``source`` (the package), the op and the variable of every problem
-    (the first :data:`MAX_REPORTED_PROBLEMS` of them).
+    variable the function returns is defined. Ops inside nested blocks (``cond``, ``while_loop``) may read the
+    block's inputs, variables defined earlier in the block, and every variable visible where the op owning the
+    block sits (enclosing scopes); a variable defined inside a block is not visible outside it. With the
+    description (when ``input_names`` / ``output_names`` are given): the function takes exactly the declared
+    inputs (plus the declared ``state_names``) and returns exactly the declared outputs. The message names
+    ``source`` (the package), the op and the variable of every problem (the first :data:`MAX_REPORTED_PROBLEMS`
+    of them).
     """
     where = f"function {function.name!r}"
     problems: list[str] = []
@@ -223,24 +272,7 @@ def check_function(function: Function, source: str, input_names: list[str] | Non
                      f"(it takes {takes})" for name in input_names if name not in takes]
         problems += [f"{where} takes input {name!r}, which the model description does not declare "
                      f"(it declares {list(input_names)})" for name in takes if name not in allowed]
-    producer: dict[str, Operation] = {}  # every variable an op defines, to tell "later" from "never"
-    for op in function.operations:
-        for out in op.outputs:
-            producer.setdefault(out.name, op)
-    defined = set(takes)
-    for op in function.operations:
-        for param, bindings in op.inputs.items():
-            for b in bindings:
-                if b.var is None or b.var in defined:
-                    continue
-                later = producer.get(b.var)
-                reason = (f"which op {later.name!r} ({later.op_type}) defines only after it" if later is not None
-                          else "which no earlier op or function input defines")
-                problems.append(f"op {op.name!r} ({op.op_type}) of {where} reads {b.var!r} (its input {param!r}), "
-                                f"{reason}")
-        defined.update(out.name for out in op.outputs)
-    problems += [f"{where} returns {name!r} (a block output), which no op or function input defines"
-                 for name in function.outputs if name not in defined]
+    problems += _scope_problems(function, takes, where)
     if output_names is not None:
         problems += [f"the model description declares output {name!r}, which {where} never produces "
                      f"(it returns {function.outputs})" for name in output_names if name not in function.outputs]
@@ -252,6 +284,52 @@ def check_function(function: Function, source: str, input_names: list[str] | Non
         raise ModelPackageError(f"{source}: inconsistent model program ({len(problems)} problem"
                                 f"{'s' if len(problems) > 1 else ''}): " + "; ".join(shown)
                                 + (f"; and {more} more" if more else ""))
+
+
+def _scope_problems(function: Function, takes: list[str], where: str) -> list[str]:
+    """Reads of undefined or out-of-scope variables, in the function and (recursively) in its nested blocks."""
+    definer: dict[str, str] = {}  # every variable defined anywhere (op output or block input) -> what defines it
+
+    def collect(operations: list[Operation]) -> None:
+        for op in operations:
+            for out in op.outputs:
+                definer.setdefault(out.name, f"op {op.name!r} ({op.op_type})")
+            for i, block in enumerate(op.blocks):
+                for v in block.inputs:
+                    definer.setdefault(v.name, f"block {i} of op {op.name!r} ({op.op_type}) (as a block input)")
+                collect(block.operations)
+
+    collect(function.operations)
+    problems: list[str] = []
+    seen: set[str] = set(takes)  # defined so far, in program order, in any scope
+
+    def reason(name: str, nested: bool, earlier: str = "earlier ") -> str:
+        if name in seen:
+            return f"which {definer[name]} defines inside a block that does not enclose it (not visible here)"
+        if name in definer:
+            return f"which {definer[name]} defines only after it"
+        return f"which no {earlier}op{', block input' if nested else ''} or function input defines"
+
+    def check(operations: list[Operation], outputs: list[str], visible: set[str], scope: str, nested: bool) -> None:
+        visible = set(visible)
+        for op in operations:
+            for param, bindings in op.inputs.items():
+                for b in bindings:
+                    if b.var is not None and b.var not in visible:
+                        problems.append(f"op {op.name!r} ({op.op_type}) of {scope} reads {b.var!r} (its input "
+                                        f"{param!r}), {reason(b.var, nested)}")
+            for i, block in enumerate(op.blocks):
+                block_inputs = {v.name for v in block.inputs}
+                seen.update(block_inputs)
+                check(block.operations, block.outputs, visible | block_inputs,
+                      f"block {i} of op {op.name!r} ({op.op_type}) in {scope}", True)
+            visible.update(out.name for out in op.outputs)
+            seen.update(out.name for out in op.outputs)
+        problems.extend(f"{scope} returns {name!r} (a block output), {reason(name, nested, '')}"
+                        for name in outputs if name not in visible)
+
+    check(function.operations, function.outputs, set(takes), where, False)
+    return problems
 
 
 def parse_program(ml_program: MIL_pb2.Program, weights_dir: str | None) -> Program:
@@ -292,4 +370,7 @@ def _parse_operation(op: MIL_pb2.Operation, reader: ValueReader, fname: str) -> 
         inputs[key] = [Binding(value=reader.read(value, f"attribute {key!r} of op {name!r} ({op.type})"),
                                type=parse_type(value.type))]
     outputs = [Var(o.name, parse_type(o.type)) for o in op.outputs]
-    return Operation(op.type, name, inputs, outputs, has_blocks=len(op.blocks) > 0)
+    blocks = [Block([Var(v.name, parse_type(v.type)) for v in block.inputs],
+                    [_parse_operation(inner, reader, fname) for inner in block.operations], list(block.outputs))
+              for block in op.blocks]
+    return Operation(op.type, name, inputs, outputs, blocks)

@@ -19,6 +19,14 @@ The kernel contract, for whoever adds one:
   yourself, and do not worry about the exact integer width: the executor casts every output to its
   declared type.
 - Kernels of ``constexpr_*`` ops run once, when the model is loaded.
+
+Optionally, a kernel may also have a *specializer* (``@specializer("op_type")``): ``fn(consts, var_params)``,
+called once per step when the executor's fast path compiles its plan, with the step's constant inputs
+(``consts``, as the kernel receives them) and the names of its variable inputs. It returns a function taking
+only those variable inputs as keywords that computes exactly what the kernel computes (bit for bit; it may call
+the kernel itself for cases it does not cover), or None to keep the kernel. This is where constant attributes
+(axes, pads, strides, weight layouts) are parsed once instead of on every call. A specializer that raises is
+ignored (the kernel runs, and reports a bad constant as it always does).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ class Kernel:
 
 
 REGISTRY: dict[str, Kernel] = {}
+SPECIALIZERS: dict[str, Callable] = {}
 
 
 def register(*op_types: str, variadic: tuple[str, ...] = ()):
@@ -43,6 +52,15 @@ def register(*op_types: str, variadic: tuple[str, ...] = ()):
             if op_type in REGISTRY:
                 raise RuntimeError(f"MIL op {op_type!r} registered twice")
             REGISTRY[op_type] = Kernel(op_type, fn, frozenset(variadic))
+        return fn
+
+    return decorate
+
+
+def specializer(*op_types: str):
+    def decorate(fn: Callable) -> Callable:
+        for op_type in op_types:
+            SPECIALIZERS[op_type] = fn
         return fn
 
     return decorate

@@ -26,7 +26,7 @@ def _per_channel(param, x: torch.Tensor) -> torch.Tensor:
 
 @register("relu")
 def relu(x):
-    return torch.relu(x)
+    return x.relu() if x.__class__ is torch.Tensor else torch.relu(x)
 
 
 @register("relu6")
@@ -37,7 +37,7 @@ def relu6(x):
 
 @register("sigmoid")
 def sigmoid(x):
-    return torch.sigmoid(x)
+    return x.sigmoid() if x.__class__ is torch.Tensor else torch.sigmoid(x)
 
 
 @register("silu")

@@ -1,4 +1,4 @@
-"""Convolution ops: ``conv``, ``conv_transpose`` (MIL ``conv``).
+"""Convolution ops: ``conv``, ``conv_transpose``, ``conv_quantized`` (MIL ``conv``).
 
 https://apple.github.io/coremltools/source/coremltools.converters.mil.mil.ops.defs.html#module-coremltools.converters.mil.mil.ops.defs.iOS15.conv
 
@@ -8,10 +8,11 @@ variable; both kernels take any of these (computing in fp32).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
-from . import register
-from ._util import floating, ints, scalar
+from . import register, specializer
+from ._util import as_tensor, floating, ints, scalar
 
 
 def _same_pads(in_sizes, kernel, strides, dilations, lower: bool):
@@ -110,3 +111,88 @@ def conv_transpose(x, weight, bias=None, pad=None, output_shape=None, pad_type="
     if bias is not None:
         out = out + floating(bias).reshape([1, -1] + [1] * n)
     return out
+
+
+@register("conv_quantized")
+def conv_quantized(x, weight, quantization_type, quant_scale, quant_bias, nbits=8, bias=None, strides=None,
+                   pad_type="valid", pad=None, dilations=None, groups=1):
+    """iOS15's experimental ``conv`` with an inline-quantized weight: ``W = weight * quant_scale + quant_bias``,
+    then :func:`conv` with every other input as is.
+
+    ``weight`` holds uint8 codes below ``2**nbits`` (``1 <= nbits <= 8``); ``quant_scale`` / ``quant_bias`` are a
+    scalar (or one value) or one value per output channel. Only ``quantization_type="linear"`` is defined: the
+    op has no lookup-table input, so ``"lut"`` has no meaning and is refused. A ``bias`` is refused too: the
+    definition types it uint8 like the weight without saying whether it is dequantized (coremltools' neural-network
+    backend adds it unscaled); the converters that emit this op (coremltools' TensorFlow frontend) never give one.
+    """
+    if str(quantization_type) != "linear":
+        raise NotImplementedError(f"conv_quantized: input 'quantization_type' {str(quantization_type)!r} is not "
+                                  "supported; only 'linear' is defined (the op has no lookup-table input for 'lut')")
+    if bias is not None:
+        raise NotImplementedError("conv_quantized: input 'bias' is not supported: the op definition types it uint8 "
+                                  "like the weight but does not say whether it is dequantized")
+    bits = int(scalar(nbits))
+    if not 1 <= bits <= 8:
+        raise ValueError(f"conv_quantized: input 'nbits' must lie in [1, 8], got {bits}")
+    codes = as_tensor(weight)
+    if codes.is_floating_point() or codes.dtype == torch.bool:
+        raise ValueError(f"conv_quantized: input 'weight' must be uint8 codes, got {codes.dtype}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 2**bits):
+        raise ValueError(f"conv_quantized: input 'weight' holds codes in [{int(codes.min())}, {int(codes.max())}], "
+                         f"expected [0, {2**bits - 1}] for nbits={bits}")
+    c_out = codes.shape[0]
+
+    def per_channel(name, value):
+        t = floating(value).reshape(-1)
+        if t.numel() == 1:
+            return t.reshape([])
+        if t.numel() != c_out:
+            raise ValueError(f"conv_quantized: input {name!r} must hold 1 or {c_out} (output channels) values, "
+                             f"got {t.numel()}")
+        return t.reshape([c_out] + [1] * (codes.dim() - 1))
+
+    dequantized = codes.float() * per_channel("quant_scale", quant_scale) + per_channel("quant_bias", quant_bias)
+    return conv(x, dequantized, None, strides, pad_type, pad, dilations, groups)
+
+
+# ---- specializer: constant weight and attributes prepared once per step (see ``ops.specializer``) ------------
+@specializer("conv")
+def _conv_special(consts, var_params):
+    """A constant weight: strides, dilations, groups, bias parsed once, the padding once per input size; then
+    the same ``F.conv*d`` call as :func:`conv`."""
+    if var_params != ("x",) or not isinstance(consts.get("weight"), torch.Tensor):
+        return None
+    consts = dict(consts)
+    weight = floating(consts["weight"])
+    n = weight.dim() - 2
+    if n not in (1, 2, 3):
+        return None
+    strides = ints(consts["strides"]) if consts.get("strides") is not None else [1] * n
+    dilations = ints(consts["dilations"]) if consts.get("dilations") is not None else [1] * n
+    bias = None if consts.get("bias") is None else floating(consts["bias"])
+    groups = int(scalar(consts.get("groups", 1)))
+    pad_type = str(consts.get("pad_type", "valid"))
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+    by_size: dict = {}
+
+    def plan(sizes):
+        pads = resolve_pads(pad_type, consts.get("pad"), sizes, weight.shape[2:], strides, dilations)
+        if all(pads[2 * i] == pads[2 * i + 1] for i in range(n)):
+            return None, [pads[2 * i] for i in range(n)]
+        return torch_pad_order(pads), [0] * n
+
+    def run(x):
+        if x.__class__ is torch.Tensor and x.dim() == n + 2:
+            if x.dtype is not torch.float32:
+                x = floating(x)
+            sizes = x.shape[2:]
+            how = by_size.get(sizes)
+            if how is None:
+                how = by_size[sizes] = plan(sizes)
+            extra, padding = how
+            if extra is not None:
+                x = F.pad(x, extra)
+            return fn(x, weight, bias, strides, padding, dilations, groups)
+        return conv(x, **consts)
+
+    return run

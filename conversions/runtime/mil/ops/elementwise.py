@@ -13,8 +13,19 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from . import register, specializer
 from ._util import as_tensor, floating, scalar
+
+
+_Tensor = torch.Tensor
+
+
+def _same_kind(x, y) -> bool:
+    """The common case, computed as is without ``_pair``: two tensors of one dtype, or an fp32 tensor and a float
+    constant (torch treats the Python float as a 0-d scalar operand, as it does the 0-d tensor ``_pair`` makes)."""
+    if x.__class__ is _Tensor:
+        return (y.__class__ is _Tensor and x.dtype is y.dtype) or (y.__class__ is float and x.dtype is torch.float32)
+    return False
 
 
 def _pair(x, y):
@@ -117,18 +128,27 @@ def logical_not(x):
 # ---- binary arithmetic --------------------------------------------------------------------------------------
 @register("add")
 def add(x, y):
+    if x.__class__ is _Tensor and ((y.__class__ is _Tensor and x.dtype is y.dtype)
+                                   or (y.__class__ is float and x.dtype is torch.float32)):  # _same_kind, inlined
+        return x + y
     x, y = _pair(x, y)
     return x + y
 
 
 @register("sub")
 def sub(x, y):
+    if x.__class__ is _Tensor and ((y.__class__ is _Tensor and x.dtype is y.dtype)
+                                   or (y.__class__ is float and x.dtype is torch.float32)):  # _same_kind, inlined
+        return x - y
     x, y = _pair(x, y)
     return x - y
 
 
 @register("mul")
 def mul(x, y):
+    if x.__class__ is _Tensor and ((y.__class__ is _Tensor and x.dtype is y.dtype)
+                                   or (y.__class__ is float and x.dtype is torch.float32)):  # _same_kind, inlined
+        return x * y
     x, y = _pair(x, y)
     return x * y
 
@@ -137,6 +157,8 @@ def mul(x, y):
 def real_div(x, y):
     """True division. int32 operands are divided in fp32 and the int32 output truncates toward zero
     (the executor's cast); the spec leaves integer rounding unstated, its reference divides exactly."""
+    if _same_kind(x, y) and x.dtype is torch.float32:
+        return x / y
     x, y = _pair(x, y)
     return floating(x) / floating(y)
 
@@ -198,3 +220,40 @@ def _comparison(op_type, fn):
 
 for _op_type, _fn in _COMPARISONS.items():
     register(_op_type)(_comparison(_op_type, _fn))
+
+
+# ---- specializers: a constant operand prepared once per step (see ``ops.specializer``) -----------------------
+def _const_left_special(kernel, op):
+    def make(consts, var_params):
+        x = consts.get("x")
+        if var_params != ("y",) or x.__class__ is not float:
+            return None
+
+        def run(y):
+            if y.__class__ is _Tensor and y.dtype is torch.float32:
+                return op(x, y)  # the Python float is a 0-d scalar operand, as the 0-d tensor of ``_pair``
+            return kernel(x, y)
+
+        return run
+
+    return make
+
+
+specializer("add")(_const_left_special(add, lambda x, y: x + y))
+specializer("sub")(_const_left_special(sub, lambda x, y: x - y))
+specializer("mul")(_const_left_special(mul, lambda x, y: x * y))
+
+
+@specializer("pow")
+def _pow_special(consts, var_params):
+    y = consts.get("y")
+    if var_params != ("x",) or y.__class__ is not float:
+        return None
+    exponent = as_tensor(y)  # what ``_pair`` makes of it (torch.pow with a 0-d tensor, not a Python scalar)
+
+    def run(x):
+        if x.__class__ is _Tensor and x.dtype is torch.float32:
+            return torch.pow(x, exponent)
+        return pow_(x, y)
+
+    return run

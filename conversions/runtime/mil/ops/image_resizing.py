@@ -186,6 +186,22 @@ def _crop_one(image: torch.Tensor, box, th: int, tw: int, mode: str, pad_value: 
     height, width = image.shape[-2], image.shape[-1]
     ys = h_start + _grid(h_end - h_start, th, mode)
     xs = w_start + _grid(w_end - w_start, tw, mode)
+    outside = bool((ys < 0).any() or (ys > height - 1).any() or (xs < 0).any() or (xs > width - 1).any())
+    if mode == "UNALIGN_CORNERS" and (outside or h_end < h_start or w_end < w_start):
+        # Core ML's rule here is not the one below and is not documented. The only published Core ML result
+        # (coremltools' op tests, iOS15/test_image_resizing.py TestCropResize, run on device for the iOS15 and
+        # iOS16 opsets): roi [2, 2, 1, 1], normalized_coordinates=True, UNALIGN_CORNERS, 2x2 crop of
+        # arange(1, 17).reshape(4, 4) gives [[3.5, 5.5], [11.5, 13.5]], i.e. it reads rows/columns 0.5 and 2.5
+        # (inside the image, in increasing order), where this grid puts every point outside the image (pad) and
+        # clamping them into it would read 16s. Several rules fit that one point, none is confirmed: refuse
+        # rather than return made-up values. (ALIGN_CORNERS boxes outside or inverted are confirmed by
+        # coremltools' iOS14/16/17 tests: inverted boxes sample backwards, outside points read pad_value.)
+        raise NotImplementedError(
+            f"crop_resize: box (h_start, w_start, h_end, w_end) = {[h_start, w_start, h_end, w_end]} in pixels "
+            f"on a {height}x{width} image is inverted or samples outside the image, and Core ML's rule for such "
+            f"boxes under sampling_mode UNALIGN_CORNERS is undocumented (it does not pad: coremltools' own "
+            f"tests show it reading inside the image); expected a box with start <= end inside "
+            f"[0, {height - 1}] x [0, {width - 1}]")
     out = _linear(_linear(image, 1, ys.clamp(0, height - 1)), 2, xs.clamp(0, width - 1))
     inside = ((ys >= 0) & (ys <= height - 1))[:, None] & ((xs >= 0) & (xs <= width - 1))[None, :]
     return torch.where(inside, out, torch.tensor(pad_value, dtype=out.dtype))
@@ -203,6 +219,8 @@ def crop_resize(x, roi=None, boxes=None, box_indices=None, target_height=1, targ
     are multiplied by ``spatial_scale``, and by ``(H-1, W-1)`` when ``normalized_coordinates``; the
     ``sampling_mode`` grid runs from the box start to its end (an inverted box flips the crop); sample points
     outside ``[0, H-1] x [0, W-1]`` read ``pad_value`` (iOS16+). Centre-size boxes span centre -/+ size/2.
+    With ``UNALIGN_CORNERS``, inverted boxes and boxes that sample outside the image raise NotImplementedError:
+    Core ML neither pads nor clamps them, by an undocumented rule (see ``_crop_one``).
     """
     x = floating(x)
     th, tw = int(scalar(target_height)), int(scalar(target_width))

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import register
+from . import register, specializer
 from ._util import floating, scalar
 
 
@@ -66,6 +66,24 @@ def _input_projection(x: torch.Tensor, weight_ih, bias) -> torch.Tensor:
 
 def _steps(seq_len: int, reverse: bool):
     return range(seq_len - 1, -1, -1) if reverse else range(seq_len)
+
+
+def _check_state(op: str, name: str, state: torch.Tensor, x: torch.Tensor, width: int) -> None:
+    """An initial state must be ``[B, width]`` with ``B`` the batch of ``x`` (``[T, B, I]``).
+
+    The spec (coremltools' iOS15 ``lstm``/``gru``/``rnn`` defs: ``x: <s, b, I>``, ``initial_h: <b, H>``,
+    ``<b, DIRECTIONS*H>`` for lstm) gives both the same ``b`` and says nothing of broadcasting; its type inference
+    does not look at the states at all, so a converted program can carry a mismatch (coremltools' torch
+    ``pack_padded_sequence`` conversion can). Torch would broadcast such a state silently (over the batch, or
+    into outputs of the wrong shape), so say what is wrong instead.
+    """
+    batch = x.shape[1]
+    if state.dim() != 2 or state.shape[0] != batch or state.shape[1] != width:
+        got = list(state.shape)
+        cause = (f"its batch {got[0]} does not match the batch {batch} of input 'x' {list(x.shape)} ([T, B, I])"
+                 if state.dim() == 2 and got[0] != batch else f"input 'x' is {list(x.shape)} ([T, B, I])")
+        raise ValueError(f"{op}: initial state '{name}' must have shape [B, {'DIRECTIONS*' if op == 'lstm' else ''}H] "
+                         f"= {[batch, width]}, got {got}: {cause}")
 
 
 def _sequence_output(states: list[torch.Tensor], output_sequence) -> torch.Tensor:
@@ -111,6 +129,9 @@ def lstm(x, initial_h, initial_c, weight_ih, weight_hh, bias=None, peephole=None
             resolve_activation(activation))
     clip = None if clip is None else float(scalar(clip))
     x, h0, c0 = floating(x), floating(initial_h), floating(initial_c)
+    width = floating(weight_hh).shape[1] * (2 if direction == "bidirectional" else 1)
+    _check_state("lstm", "initial_h", h0, x, width)
+    _check_state("lstm", "initial_c", c0, x, width)
     if direction != "bidirectional":
         states, h, c = _lstm_direction(x, h0, c0, weight_ih, weight_hh, bias, peephole, direction == "reverse",
                                        acts, clip)
@@ -148,6 +169,7 @@ def gru(x, initial_h, weight_ih, weight_hh, bias=None, direction="forward", outp
     reset_after = bool(scalar(reset_after))
     x, h = floating(x), floating(initial_h)
     w_hh_t = floating(weight_hh).T
+    _check_state("gru", "initial_h", h, x, w_hh_t.shape[0])
     if reset_after:
         gates_x = _input_projection(x, weight_ih, input_bias)
         recurrent_bias = torch.zeros(w_hh_t.shape[1]) if bias is None else floating(bias)
@@ -184,8 +206,63 @@ def rnn(x, initial_h, weight_ih, weight_hh, bias=None, direction="forward", outp
     x, h = floating(x), floating(initial_h)
     gates_x = _input_projection(x, weight_ih, bias)
     w_hh_t = floating(weight_hh).T
+    _check_state("rnn", "initial_h", h, x, w_hh_t.shape[0])
     states = []
     for t in _steps(x.shape[0], reverse):
         h = act(gates_x[t] + h @ w_hh_t)
         states.append(h)
     return _sequence_output(states, output_sequence), h
+
+
+# ---- specializer: an lstm with constant weights and attributes (see ``ops.specializer``) ----------------------
+@specializer("lstm")
+def _lstm_special(consts, var_params):
+    """The common lstm (one direction, default activations, no peephole, no clip, constant weights): the weights'
+    fp32 views and the attributes prepared once, and one step with fewer ops than :func:`_lstm_direction` for the
+    same values -- without a peephole the gate pre-activations are used as they are (the general step adds
+    ``c * 0``), and the three sigmoid gates ``[i, f, o]``, adjacent in MIL's row order, go through one sigmoid.
+    Only for ``H`` a multiple of 32 and small batches: then no elementwise op has a partial vector or a thread
+    split, so each element is computed exactly as gate by gate (bit for bit the kernel's values).
+    Anything else: the kernel."""
+    if not set(var_params) <= {"x", "initial_h", "initial_c"}:
+        return None
+    defaults = {"direction": "forward", "output_sequence": False, "recurrent_activation": "sigmoid",
+                "cell_activation": "tanh", "activation": "tanh"}
+    attrs = {k: scalar(consts.get(k, v)) for k, v in defaults.items()}
+    if (attrs["direction"] not in ("forward", "reverse") or attrs["recurrent_activation"] != "sigmoid"
+            or attrs["cell_activation"] != "tanh" or attrs["activation"] != "tanh"
+            or any(consts.get(k) is not None for k in ("peephole", "clip"))
+            or not all(isinstance(consts.get(k), torch.Tensor) for k in ("weight_ih", "weight_hh"))):
+        return None
+    consts = dict(consts)
+    w_ih_t, w_hh_t = floating(consts["weight_ih"]).T, floating(consts["weight_hh"]).T
+    bias = None if consts.get("bias") is None else floating(consts["bias"])
+    hidden = w_hh_t.shape[0]
+    if w_hh_t.shape[1] != 4 * hidden:
+        return None
+    if hidden % 32:
+        return None
+    reverse, sequence = attrs["direction"] == "reverse", bool(attrs["output_sequence"])
+    sigmoid, tanh = torch.sigmoid, torch.tanh
+    h3 = 3 * hidden
+
+    def run(**inputs):
+        args = {**consts, **inputs}
+        x, h, c = (args.get(k) for k in ("x", "initial_h", "initial_c"))
+        if (not all(v.__class__ is torch.Tensor and v.dtype is torch.float32 for v in (x, h, c)) or x.dim() != 3
+                or x.shape[0] == 0 or x.shape[1] * 4 * hidden >= 32768):  # large: ops may split across threads
+            return lstm(**args)
+        _check_state("lstm", "initial_h", h, x, hidden)
+        _check_state("lstm", "initial_c", c, x, hidden)
+        proj = x @ w_ih_t
+        gates_x = (proj if bias is None else proj + bias).unbind(0)
+        states = []
+        for t in _steps(len(gates_x), reverse):
+            gates = gates_x[t] + h @ w_hh_t
+            i, f, o = sigmoid(gates[:, :h3]).chunk(3, dim=-1)
+            c = f * c + i * tanh(gates[:, h3:])
+            h = o * tanh(c)
+            states.append(h)
+        return (torch.stack(states) if sequence else h.unsqueeze(0)), h, c
+
+    return run

@@ -118,11 +118,24 @@ def _scatter_into(data, dim: int, index: torch.Tensor, updates, mode: str) -> to
 
 @register("scatter")
 def scatter(data, indices, updates, axis=0, mode="add", validate_indices=None):
-    """Combine slice ``updates[p, i, q]`` into ``data[p, indices[i], q]`` by ``mode``; ``indices`` is 1-D."""
+    """Combine slice ``updates[p, i..., q]`` into ``data[p, indices[i...], q]`` by ``mode``.
+
+    The docstrings call ``indices`` 1-D, but the op's type inference (iOS15, inherited by iOS17) accepts any
+    rank: ``updates`` has shape ``data.shape[:axis] + indices.shape + data.shape[axis+1:]``, and Core ML runs
+    such programs. N-D indices are the 1-D case on the flattened index positions: flatten ``indices`` and the
+    matching run of ``updates`` dims alike (row-major, so position ``i...`` pairs with the same flat slot).
+    """
     data = as_tensor(data)
     axis = norm_axis(int(axis), data.ndim)
-    idx = _wrap(indices, data.shape[axis], validate_indices).reshape(-1)
+    given = as_tensor(indices)
+    idx = _wrap(given, data.shape[axis], validate_indices).reshape(-1)
     updates = as_tensor(updates, like=data)
+    expected = list(data.shape[:axis]) + list(given.shape) + list(data.shape[axis + 1:])
+    if list(updates.shape) != expected:
+        raise ValueError(f"scatter: input 'updates' must have shape data.shape[:axis] + indices.shape + "
+                         f"data.shape[axis+1:] = {expected} (data {list(data.shape)}, indices {list(given.shape)}, "
+                         f"axis {axis}), got {list(updates.shape)}")
+    updates = updates.reshape(list(data.shape[:axis]) + [idx.numel()] + list(data.shape[axis + 1:]))
     shape = [1] * data.ndim
     shape[axis] = -1
     return _scatter_into(data, axis, idx.view(shape).expand(updates.shape), updates, str(mode))

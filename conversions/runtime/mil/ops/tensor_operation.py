@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from . import register
+from . import register, specializer
 from ._util import TORCH_DTYPES, as_tensor, ints, norm_axis, scalar
 
 
@@ -59,6 +59,31 @@ def tile(x, reps):
     return as_tensor(x).repeat(ints(reps))
 
 
+def _pad_torch_order(pairs: list[int]) -> list[int]:
+    """MIL's (before, after) pairs, first dim first, in ``torch.nn.functional.pad``'s order (last dim first)."""
+    rank = len(pairs) // 2
+    return [p for d in reversed(range(rank)) for p in (pairs[2 * d], pairs[2 * d + 1])]
+
+
+def _pad_gathers(shape, pairs: list[int], mode: str) -> list[tuple[int, torch.Tensor]]:
+    """Per padded dim, the source positions a ``reflect`` / ``replicate`` pad reads (an ``index_select`` each)."""
+    gathers = []
+    for dim, n in enumerate(shape):
+        before, after = pairs[2 * dim], pairs[2 * dim + 1]
+        if before == 0 and after == 0:
+            continue
+        pos = torch.arange(-before, n + after)
+        if mode == "reflect":
+            if max(before, after) >= n:
+                raise ValueError(f"reflect pad ({before}, {after}) must be smaller than the dim ({n})")
+            pos = pos.abs()
+            pos = torch.where(pos >= n, 2 * (n - 1) - pos, pos)
+        else:
+            pos = pos.clamp(0, n - 1)
+        gathers.append((dim, pos))
+    return gathers
+
+
 @register("pad")
 def pad(x, pad, mode="constant", constant_val=0.0):
     """``pad`` holds (before, after) pairs for the *last* ``len(pad)/2`` dims, first of them first (the reverse
@@ -68,23 +93,10 @@ def pad(x, pad, mode="constant", constant_val=0.0):
     pairs = ints(pad)
     pairs = [0] * (2 * x.dim() - len(pairs)) + pairs  # leading dims unpadded
     if mode == "constant":
-        torch_order = [p for d in reversed(range(x.dim())) for p in (pairs[2 * d], pairs[2 * d + 1])]
-        return torch.nn.functional.pad(x, torch_order, value=scalar(constant_val))
+        return torch.nn.functional.pad(x, _pad_torch_order(pairs), value=scalar(constant_val))
     if mode not in ("reflect", "replicate"):
         raise NotImplementedError(f"pad mode {mode!r} is not supported (constant, reflect, replicate are)")
-    for dim in range(x.dim()):
-        before, after = pairs[2 * dim], pairs[2 * dim + 1]
-        if before == 0 and after == 0:
-            continue
-        n = x.shape[dim]
-        pos = torch.arange(-before, n + after)
-        if mode == "reflect":
-            if max(before, after) >= n:
-                raise ValueError(f"reflect pad ({before}, {after}) must be smaller than the dim ({n})")
-            pos = pos.abs()
-            pos = torch.where(pos >= n, 2 * (n - 1) - pos, pos)
-        else:
-            pos = pos.clamp(0, n - 1)
+    for dim, pos in _pad_gathers(x.shape, pairs, mode):
         x = x.index_select(dim, pos)
     return x
 
@@ -292,3 +304,57 @@ def _iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
     inter = inter_w * inter_h
     area = w * h
     return inter / (area[:, None] + area[None] - inter)
+
+
+# ---- specializers: constant attributes parsed once per step (see ``ops.specializer``) -----------------------
+@specializer("pad")
+def _pad_special(consts, var_params):
+    """Constant pads: reflect/replicate source positions computed once per input shape (the kernel's own
+    ``index_select`` path), the constant mode's torch order once per rank; the kernel for anything else."""
+    if var_params != ("x",) or "pad" not in consts:
+        return None
+    consts = dict(consts)
+    mode, pairs0 = consts.get("mode", "constant"), ints(consts["pad"])
+    if mode not in ("constant", "reflect", "replicate") or len(pairs0) % 2:
+        return None
+    value = scalar(consts.get("constant_val", 0.0))
+    by_shape: dict = {}
+
+    def plan(x):
+        if 2 * x.dim() < len(pairs0):
+            return None
+        pairs = [0] * (2 * x.dim() - len(pairs0)) + pairs0
+        if mode == "constant":
+            return _pad_torch_order(pairs)
+        try:
+            return _pad_gathers(x.shape, pairs, mode)
+        except ValueError:
+            return None  # the kernel raises
+
+    def run(x):
+        if x.__class__ is torch.Tensor:
+            how = by_shape.get(x.shape, False)
+            if how is False:
+                how = by_shape[x.shape] = plan(x)
+            if how is not None:
+                if mode == "constant":
+                    return torch.nn.functional.pad(x, how, value=value)
+                for dim, pos in how:
+                    x = x.index_select(dim, pos)
+                return x
+        return pad(x, **consts)
+
+    return run
+
+
+@specializer("cast")
+def _cast_special(consts, var_params):
+    dtype = consts.get("dtype")
+    if var_params != ("x",) or not isinstance(dtype, str) or dtype not in TORCH_DTYPES:
+        return None
+    target = TORCH_DTYPES[dtype]
+
+    def run(x):
+        return (x if x.__class__ is torch.Tensor else as_tensor(x)).to(target)
+
+    return run

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from . import register
+from . import register, specializer
 from ._util import as_tensor, ints, norm_axis, scalar
 
 
@@ -83,6 +83,14 @@ def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, s
     begin_mask = _flags(begin_mask, rank)
     end_mask = _flags(end_mask, rank)
     squeeze_mask = _flags(squeeze_mask, rank)
+    shape, index = x.shape, []
+    for dim in range(rank):  # the common case, forward strides and no squeeze: one indexing of x
+        if squeeze_mask[dim] or stride[dim] <= 0:
+            break
+        index.append(slice(*slice(None if begin_mask[dim] else begin[dim], None if end_mask[dim] else end[dim],
+                                  stride[dim]).indices(shape[dim])))
+    else:
+        return x[tuple(index)]
     out = x
     for dim in range(rank):
         n = x.shape[dim]
@@ -202,3 +210,86 @@ def flatten2d(x, axis=1):
     x = as_tensor(x)
     axis = norm_axis(int(scalar(axis)), x.dim())
     return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+
+
+# ---- specializers: constant attributes parsed once per step (see ``ops.specializer``) -----------------------
+@specializer("expand_dims")
+def _expand_dims_special(consts, var_params):
+    if var_params != ("x",) or "axes" not in consts:
+        return None
+    axes, by_rank = ints(consts["axes"]), {}
+
+    def run(x):
+        if x.__class__ is not torch.Tensor:
+            return expand_dims(x, axes)
+        order = by_rank.get(x.dim())
+        if order is None:
+            out_rank = x.dim() + len(axes)
+            order = by_rank[x.dim()] = sorted(norm_axis(a, out_rank) for a in axes)
+        for axis in order:
+            x = x.unsqueeze(axis)
+        return x
+
+    return run
+
+
+@specializer("squeeze")
+def _squeeze_special(consts, var_params):
+    if var_params != ("x",) or consts.get("axes") is None:
+        return None
+    axes = ints(consts["axes"])
+
+    def run(x):
+        if x.__class__ is not torch.Tensor:
+            return squeeze(x, axes)
+        rank = x.dim()
+        for axis in sorted((norm_axis(a, rank) for a in axes), reverse=True):
+            if x.shape[axis] == 1:
+                x = x.squeeze(axis)
+        return x
+
+    return run
+
+
+@specializer("transpose")
+def _transpose_special(consts, var_params):
+    if var_params != ("x",):
+        return None
+    perm = ints(consts["perm"])
+
+    def run(x):
+        return (x if x.__class__ is torch.Tensor else as_tensor(x)).permute(perm)
+
+    return run
+
+
+@specializer("slice_by_index")
+def _slice_special(consts, var_params):
+    """Constant bounds: the index tuple computed once per input shape (the kernel's common case), the kernel
+    itself for the rest (squeeze, negative strides)."""
+    if var_params != ("x",) or "begin" not in consts or "end" not in consts:
+        return None
+    consts = dict(consts)
+    begin, end = ints(consts["begin"]), ints(consts["end"])
+    rank = len(begin)
+    stride = ints(consts["stride"]) if consts.get("stride") is not None else [1] * rank
+    begin_mask, end_mask = _flags(consts.get("begin_mask"), rank), _flags(consts.get("end_mask"), rank)
+    squeeze_mask = _flags(consts.get("squeeze_mask"), rank)
+    if (any(len(v) != rank for v in (end, stride, begin_mask, end_mask, squeeze_mask)) or any(squeeze_mask)
+            or any(s <= 0 for s in stride)):
+        return None
+    by_shape: dict = {}
+
+    def run(x):
+        if x.__class__ is torch.Tensor:
+            index = by_shape.get(x.shape)
+            if index is not None:
+                return x[index]
+            if x.dim() == rank:
+                index = by_shape[x.shape] = tuple(
+                    slice(*slice(None if begin_mask[d] else begin[d], None if end_mask[d] else end[d],
+                                 stride[d]).indices(x.shape[d])) for d in range(rank))
+                return x[index]
+        return slice_by_index(x, **consts)
+
+    return run
