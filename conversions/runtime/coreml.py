@@ -15,7 +15,7 @@ import weakref
 import numpy as np
 
 from .errors import BackendUnavailableError
-from .io import check_feeds, feature_value, specs_from_description, state_specs_from_description
+from .io import check_feeds, check_state_argument, feature_value, specs_from_description, state_specs_from_description
 
 
 
@@ -52,8 +52,7 @@ class CoreMLModel:
 
     def make_state(self):
         """New state buffers (zeros) for this stateful model: coremltools' ``MLState`` (macOS 15+)."""
-        if not self.states:
-            raise ValueError(f"{self.source}: this model has no states (it is not an iOS 18 stateful model)")
+        check_state_argument(self.source, self.states, None, making=True)
         state = self.mlmodel.make_state()
         self._made_states.add(state)
         return state
@@ -61,11 +60,7 @@ class CoreMLModel:
     def predict(self, inputs, state=None, *, trace: bool = False):
         if trace:
             raise NotImplementedError("Core ML does not expose intermediates; trace with backend='mil'")
-        if state is None and self.states:
-            raise ValueError(f"{self.source}: this model is stateful (states: " + "; ".join(str(s) for s in self.states)
-                             + "); pass state=model.make_state() to predict() and reuse it across calls")
-        if state is not None and not self.states:
-            raise ValueError(f"{self.source}: this model has no states, but predict() was given state={state!r}")
+        check_state_argument(self.source, self.states, state)
         if state is not None and state not in self._made_states:
             raise ValueError(f"{self.source}: the state was not made by this model's make_state(); use this model's")
         feeds = check_feeds(self.inputs, inputs, self.source)

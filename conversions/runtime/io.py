@@ -198,3 +198,15 @@ def check_feeds(specs: list[TensorSpec], feeds: dict, model: str) -> dict[str, n
             )
         checked[name] = np.ascontiguousarray(arr.astype(spec.dtype, copy=False))
     return checked
+
+
+def check_state_argument(source: str, states: list[TensorSpec], state, making: bool = False) -> None:
+    """The ``state`` argument of ``predict`` (or ``make_state()`` when ``making``) against the model's declared
+    ``states``, the same for both backends: a stateful model needs one, a stateless model takes none."""
+    if not states and making:
+        raise ValueError(f"{source}: this model has no states (it is not an iOS 18 stateful model)")
+    if not states and state is not None:
+        raise ValueError(f"{source}: this model has no states, but predict() was given state={state!r}")
+    if states and state is None and not making:
+        raise ValueError(f"{source}: this model is stateful (states: " + "; ".join(str(s) for s in states)
+                         + "); pass state=model.make_state() to predict() and reuse it across calls")

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..errors import ModelPackageError
-from ..io import TensorSpec, check_feeds, specs_from_description, state_specs_from_description
+from ..io import (TensorSpec, check_feeds, check_state_argument, feature_value, specs_from_description,
+                  state_specs_from_description)
 from ..package import OpenedModel
 from .executor import PRECISIONS, Executor, to_numpy
 from .ops import REGISTRY
@@ -145,19 +146,13 @@ class MILModel:
 
     def make_state(self) -> MILState:
         """New state buffers for this stateful model, initialised to zeros as Core ML's ``makeState()`` does."""
-        if not self.states:
-            raise ValueError(f"{self.source}: this model has no states (it is not an iOS 18 stateful model)")
+        check_state_argument(self.source, self.states, None, making=True)
         return MILState(self)
 
     def _state_feeds(self, state) -> dict[str, StateValue]:
+        check_state_argument(self.source, self.states, state)
         if state is None:
-            if self.states:
-                raise ValueError(f"{self.source}: this model is stateful (states: "
-                                 + "; ".join(str(s) for s in self.states)
-                                 + "); pass state=model.make_state() to predict() and reuse it across calls")
             return {}
-        if not self.states:
-            raise ValueError(f"{self.source}: this model has no states, but predict() was given state={state!r}")
         if not isinstance(state, MILState):
             raise TypeError(f"{self.source}: state must come from this model's make_state(), "
                             f"got {type(state).__name__}")
@@ -182,8 +177,6 @@ class MILModel:
         result = {}
         for spec in self.outputs:
             if not spec.is_array:  # a classifier's label / probability dictionary: Python values, as Core ML gives
-                from ..io import feature_value
-
                 result[spec.name] = feature_value(spec, values[spec.name])
                 continue
             arr = to_numpy(values[spec.name], self._output_types.get(spec.name), self.precision)

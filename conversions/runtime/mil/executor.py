@@ -104,6 +104,19 @@ class RuntimeOpError(RuntimeError):
     """An op failed while the portable runtime executed it."""
 
 
+def op_failure(op: Operation, exc: Exception) -> Exception:
+    """What a kernel's exception is re-raised as: the op named (``NotImplementedError`` stays one)."""
+    if isinstance(exc, NotImplementedError):
+        return NotImplementedError(f"op {op.name!r} ({op.op_type}): {exc}")
+    return RuntimeOpError(f"op {op.name!r} ({op.op_type}) failed: {type(exc).__name__}: {exc}")
+
+
+def output_count_error(op: Operation, result: Any, declared: int) -> RuntimeOpError:
+    returned = len(result) if isinstance(result, (tuple, list)) else 1
+    return RuntimeOpError(f"op {op.name!r} ({op.op_type}): kernel returned {returned} outputs, "
+                          f"the program declares {declared}")
+
+
 class Executor:
     def __init__(self, function: Function, precision: str = "fp16", check_shapes: bool = True,
                  source: str = "<MIL program>", outer_constants: Mapping[str, Any] | None = None):
@@ -227,10 +240,8 @@ class Executor:
     def _call(fn, op: Operation, kwargs: dict[str, Any]):
         try:
             return fn(**kwargs)
-        except NotImplementedError as exc:
-            raise NotImplementedError(f"op {op.name!r} ({op.op_type}): {exc}") from exc
         except Exception as exc:
-            raise RuntimeOpError(f"op {op.name!r} ({op.op_type}) failed: {type(exc).__name__}: {exc}") from exc
+            raise op_failure(op, exc) from exc
 
     def _finish(self, value: Any, rule: OutputRule, op: Operation, index: int) -> Any:
         if not isinstance(value, torch.Tensor):
@@ -279,25 +290,8 @@ class Executor:
         for v in self.function.inputs:
             values[self.slot_of[v.name]] = self._finish(feeds[v.name], self._rule(v.type), _INPUT_OP, 0)
         records = [] if trace else None
-        call, finish = self._call, self._finish
         for step in steps:
-            kwargs = dict(step.const_kwargs)
-            for param, slot in step.var_kwargs:
-                kwargs[param] = values[slot]
-            for param, items in step.list_kwargs:
-                kwargs[param] = [values[v] if is_slot else v for is_slot, v in items]
-            result = call(step.fn, step.op, kwargs)
-            if len(step.out_slots) == 1:
-                values[step.out_slots[0]] = finish(result, step.out_rules[0], step.op, 0)
-            else:
-                if not isinstance(result, (tuple, list)) or len(result) != len(step.out_slots):
-                    raise RuntimeOpError(
-                        f"op {step.op.name!r} ({step.op.op_type}): kernel returned "
-                        f"{len(result) if isinstance(result, (tuple, list)) else 1} outputs, "
-                        f"the program declares {len(step.out_slots)}"
-                    )
-                for i, (slot, value) in enumerate(zip(step.out_slots, result)):
-                    values[slot] = finish(value, step.out_rules[i], step.op, i)
+            self._run_step(step, step.out_rules, values)
             if records is not None:
                 records.append((step.op, [values[s] for s in step.out_slots]))
             for slot in step.free_after:
@@ -306,6 +300,22 @@ class Executor:
         for name in self.function.outputs:
             outputs[name] = self.constants[name] if name in self.constants else values[self.slot_of[name]]
         return outputs, records
+
+    def _run_step(self, step: Step, rules: list[OutputRule], values: list[Any]) -> None:
+        """One step of the plain loop: its kernel called on ``values``, its outputs finished by ``rules`` and stored."""
+        kwargs = dict(step.const_kwargs)
+        for param, slot in step.var_kwargs:
+            kwargs[param] = values[slot]
+        for param, items in step.list_kwargs:
+            kwargs[param] = [values[v] if is_slot else v for is_slot, v in items]
+        result = self._call(step.fn, step.op, kwargs)
+        if len(step.out_slots) == 1:
+            values[step.out_slots[0]] = self._finish(result, rules[0], step.op, 0)
+            return
+        if not isinstance(result, (tuple, list)) or len(result) != len(step.out_slots):
+            raise output_count_error(step.op, result, len(step.out_slots))
+        for i, (slot, value) in enumerate(zip(step.out_slots, result)):
+            values[slot] = self._finish(value, rules[i], step.op, i)
 
     # ---- what-if variants (``coreml-parity audit``): built once, no cost to the steps they leave alone ------------
     def _overridden_steps(self, overrides: Mapping[str, Any]) -> list[Step]:

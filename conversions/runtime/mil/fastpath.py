@@ -179,18 +179,16 @@ def _runner(executor, step, skip_round: bool):
     if factory is None:
         factory = _FACTORIES[signature] = _make_factory(*signature)
 
+    from .executor import op_failure, output_count_error
+
     def fail(exc: Exception) -> Exception:
-        if isinstance(exc, NotImplementedError):
-            return NotImplementedError(f"op {op.name!r} ({op.op_type}): {exc}")
-        return _runtime_op_error(f"op {op.name!r} ({op.op_type}) failed: {type(exc).__name__}: {exc}")
+        return op_failure(op, exc)
 
     def slow(value, index):  # non-tensor outputs and shape errors: the executor's own handling and messages
         return executor._finish(value, rule_of(index), op, index)
 
     def count_error(result):
-        n = len(result) if isinstance(result, (tuple, list)) else 1
-        raise _runtime_op_error(f"op {op.name!r} ({op.op_type}): kernel returned {n} outputs, the program "
-                                f"declares {len(step.out_slots)}")
+        raise output_count_error(op, result, len(step.out_slots))
 
     def rule_of(index):
         rule = step.out_rules[index]
@@ -313,34 +311,12 @@ def _finish_lines(v: str, i: int, spec, indent: str) -> list[str]:
 
 
 def _generic_runner(executor, step, skip_round: bool):
-    """Input names that are not Python identifiers: the plain loop's handling, one step at a time."""
+    """Input names that are not Python identifiers: the plain loop's step (``Executor._run_step``)."""
     rules = [_replace_round(r) if skip_round else r for r in step.out_rules]
-    call, finish, op = executor._call, executor._finish, step.op
 
     def run(values):
-        kwargs = dict(step.const_kwargs)
-        for param, slot in step.var_kwargs:
-            kwargs[param] = values[slot]
-        for param, items in step.list_kwargs:
-            kwargs[param] = [values[v] if is_slot else v for is_slot, v in items]
-        result = call(step.fn, op, kwargs)
-        if len(step.out_slots) == 1:
-            values[step.out_slots[0]] = finish(result, rules[0], op, 0)
-        else:
-            if not isinstance(result, (tuple, list)) or len(result) != len(step.out_slots):
-                raise _runtime_op_error(
-                    f"op {op.name!r} ({op.op_type}): kernel returned "
-                    f"{len(result) if isinstance(result, (tuple, list)) else 1} outputs, "
-                    f"the program declares {len(step.out_slots)}")
-            for i, (slot, value) in enumerate(zip(step.out_slots, result)):
-                values[slot] = finish(value, rules[i], op, i)
+        executor._run_step(step, rules, values)
         for slot in step.free_after:
             values[slot] = None
 
     return run
-
-
-def _runtime_op_error(message: str) -> Exception:
-    from .executor import RuntimeOpError
-
-    return RuntimeOpError(message)

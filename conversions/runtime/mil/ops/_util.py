@@ -69,3 +69,12 @@ def floating(value: Any) -> torch.Tensor:
 
 def norm_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
+
+
+def torch_pad_order(pads: list[int]) -> list[int]:
+    """MIL's [begin_0, end_0, begin_1, end_1, ...] as ``F.pad`` wants it: last dimension first."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for i in reversed(range(n)):
+        out += [pads[2 * i], pads[2 * i + 1]]
+    return out

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register, specializer
-from ._util import as_tensor, floating, ints, scalar
+from ._util import as_tensor, floating, ints, scalar, torch_pad_order
 
 
 def _same_pads(in_sizes, kernel, strides, dilations, lower: bool):
@@ -39,13 +39,13 @@ def resolve_pads(pad_type: str, pad, in_sizes, kernel, strides, dilations) -> li
     raise NotImplementedError(f"pad_type {pad_type!r}")
 
 
-def torch_pad_order(pads: list[int]) -> list[int]:
-    """MIL's [begin_0, end_0, begin_1, end_1, ...] as ``F.pad`` wants it: last dimension first."""
+def conv_padding(pads: list[int]) -> tuple[list[int] | None, list[int]]:
+    """MIL pads as a conv call takes them: ``(None, per-dim padding)`` when symmetric, else ``(F.pad's list, 0s)``
+    (the input padded first, asymmetrically, then an unpadded conv)."""
     n = len(pads) // 2
-    out: list[int] = []
-    for i in reversed(range(n)):
-        out += [pads[2 * i], pads[2 * i + 1]]
-    return out
+    if all(pads[2 * i] == pads[2 * i + 1] for i in range(n)):
+        return None, [pads[2 * i] for i in range(n)]
+    return torch_pad_order(pads), [0] * n
 
 
 @register("conv")
@@ -59,13 +59,9 @@ def conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilatio
     n = x.dim() - 2
     strides = ints(strides) if strides is not None else [1] * n
     dilations = ints(dilations) if dilations is not None else [1] * n
-    pads = resolve_pads(str(pad_type), pad, x.shape[2:], weight.shape[2:], strides, dilations)
-    symmetric = all(pads[2 * i] == pads[2 * i + 1] for i in range(n))
-    if not symmetric:
-        x = F.pad(x, torch_pad_order(pads))
-        padding = [0] * n
-    else:
-        padding = [pads[2 * i] for i in range(n)]
+    extra, padding = conv_padding(resolve_pads(str(pad_type), pad, x.shape[2:], weight.shape[2:], strides, dilations))
+    if extra is not None:
+        x = F.pad(x, extra)
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
     return fn(x, weight, None if bias is None else floating(bias), strides, padding, dilations, int(scalar(groups)))
 
@@ -176,10 +172,7 @@ def _conv_special(consts, var_params):
     by_size: dict = {}
 
     def plan(sizes):
-        pads = resolve_pads(pad_type, consts.get("pad"), sizes, weight.shape[2:], strides, dilations)
-        if all(pads[2 * i] == pads[2 * i + 1] for i in range(n)):
-            return None, [pads[2 * i] for i in range(n)]
-        return torch_pad_order(pads), [0] * n
+        return conv_padding(resolve_pads(pad_type, consts.get("pad"), sizes, weight.shape[2:], strides, dilations))
 
     def run(x):
         if x.__class__ is torch.Tensor and x.dim() == n + 2:

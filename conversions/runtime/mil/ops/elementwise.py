@@ -128,8 +128,7 @@ def logical_not(x):
 # ---- binary arithmetic --------------------------------------------------------------------------------------
 @register("add")
 def add(x, y):
-    if x.__class__ is _Tensor and ((y.__class__ is _Tensor and x.dtype is y.dtype)
-                                   or (y.__class__ is float and x.dtype is torch.float32)):  # _same_kind, inlined
+    if _same_kind(x, y):
         return x + y
     x, y = _pair(x, y)
     return x + y
@@ -137,8 +136,7 @@ def add(x, y):
 
 @register("sub")
 def sub(x, y):
-    if x.__class__ is _Tensor and ((y.__class__ is _Tensor and x.dtype is y.dtype)
-                                   or (y.__class__ is float and x.dtype is torch.float32)):  # _same_kind, inlined
+    if _same_kind(x, y):
         return x - y
     x, y = _pair(x, y)
     return x - y
@@ -146,8 +144,7 @@ def sub(x, y):
 
 @register("mul")
 def mul(x, y):
-    if x.__class__ is _Tensor and ((y.__class__ is _Tensor and x.dtype is y.dtype)
-                                   or (y.__class__ is float and x.dtype is torch.float32)):  # _same_kind, inlined
+    if _same_kind(x, y):
         return x * y
     x, y = _pair(x, y)
     return x * y

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from . import register
 from ._util import floating, ints, scalar
-from .conv import resolve_pads, torch_pad_order
+from ._util import torch_pad_order
+from .conv import resolve_pads
 
 
 def _geometry(x, kernel_sizes, strides, pad_type, pad, ceil_mode):

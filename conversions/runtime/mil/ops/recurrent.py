@@ -263,6 +263,6 @@ def _lstm_special(consts, var_params):
             c = f * c + i * tanh(gates[:, h3:])
             h = o * tanh(c)
             states.append(h)
-        return (torch.stack(states) if sequence else h.unsqueeze(0)), h, c
+        return _sequence_output(states, sequence), h, c
 
     return run

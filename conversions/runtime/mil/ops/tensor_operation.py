@@ -14,7 +14,7 @@ import math
 import torch
 
 from . import register, specializer
-from ._util import TORCH_DTYPES, as_tensor, ints, norm_axis, scalar
+from ._util import TORCH_DTYPES, as_tensor, ints, norm_axis, scalar, torch_pad_order
 
 
 @register("split")
@@ -59,12 +59,6 @@ def tile(x, reps):
     return as_tensor(x).repeat(ints(reps))
 
 
-def _pad_torch_order(pairs: list[int]) -> list[int]:
-    """MIL's (before, after) pairs, first dim first, in ``torch.nn.functional.pad``'s order (last dim first)."""
-    rank = len(pairs) // 2
-    return [p for d in reversed(range(rank)) for p in (pairs[2 * d], pairs[2 * d + 1])]
-
-
 def _pad_gathers(shape, pairs: list[int], mode: str) -> list[tuple[int, torch.Tensor]]:
     """Per padded dim, the source positions a ``reflect`` / ``replicate`` pad reads (an ``index_select`` each)."""
     gathers = []
@@ -93,7 +87,7 @@ def pad(x, pad, mode="constant", constant_val=0.0):
     pairs = ints(pad)
     pairs = [0] * (2 * x.dim() - len(pairs)) + pairs  # leading dims unpadded
     if mode == "constant":
-        return torch.nn.functional.pad(x, _pad_torch_order(pairs), value=scalar(constant_val))
+        return torch.nn.functional.pad(x, torch_pad_order(pairs), value=scalar(constant_val))
     if mode not in ("reflect", "replicate"):
         raise NotImplementedError(f"pad mode {mode!r} is not supported (constant, reflect, replicate are)")
     for dim, pos in _pad_gathers(x.shape, pairs, mode):
@@ -325,7 +319,7 @@ def _pad_special(consts, var_params):
             return None
         pairs = [0] * (2 * x.dim() - len(pairs0)) + pairs0
         if mode == "constant":
-            return _pad_torch_order(pairs)
+            return torch_pad_order(pairs)
         try:
             return _pad_gathers(x.shape, pairs, mode)
         except ValueError:

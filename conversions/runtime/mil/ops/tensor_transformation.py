@@ -70,6 +70,15 @@ def transpose(x, perm):
     return as_tensor(x).permute(ints(perm))
 
 
+def _forward_index(shape, begin, end, stride, begin_mask, end_mask, squeeze_mask) -> tuple[slice, ...] | None:
+    """The common case of ``slice_by_index`` -- forward strides, no squeeze -- as one index tuple for ``shape``
+    (None otherwise)."""
+    if any(squeeze_mask) or any(s <= 0 for s in stride):
+        return None
+    return tuple(slice(*slice(None if begin_mask[d] else begin[d], None if end_mask[d] else end[d],
+                              stride[d]).indices(shape[d])) for d in range(len(shape)))
+
+
 @register("slice_by_index")
 def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None):
     """``x[begin[i]:end[i]:stride[i], ...]`` with Python/numpy rules: negative indices count from the end, bounds
@@ -83,14 +92,9 @@ def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, s
     begin_mask = _flags(begin_mask, rank)
     end_mask = _flags(end_mask, rank)
     squeeze_mask = _flags(squeeze_mask, rank)
-    shape, index = x.shape, []
-    for dim in range(rank):  # the common case, forward strides and no squeeze: one indexing of x
-        if squeeze_mask[dim] or stride[dim] <= 0:
-            break
-        index.append(slice(*slice(None if begin_mask[dim] else begin[dim], None if end_mask[dim] else end[dim],
-                                  stride[dim]).indices(shape[dim])))
-    else:
-        return x[tuple(index)]
+    index = _forward_index(x.shape, begin, end, stride, begin_mask, end_mask, squeeze_mask)
+    if index is not None:
+        return x[index]
     out = x
     for dim in range(rank):
         n = x.shape[dim]
@@ -286,9 +290,8 @@ def _slice_special(consts, var_params):
             if index is not None:
                 return x[index]
             if x.dim() == rank:
-                index = by_shape[x.shape] = tuple(
-                    slice(*slice(None if begin_mask[d] else begin[d], None if end_mask[d] else end[d],
-                                 stride[d]).indices(x.shape[d])) for d in range(rank))
+                index = by_shape[x.shape] = _forward_index(x.shape, begin, end, stride, begin_mask, end_mask,
+                                                           squeeze_mask)
                 return x[index]
         return slice_by_index(x, **consts)
 
